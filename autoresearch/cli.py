@@ -1,0 +1,126 @@
+"""The `autoresearch` command: a thin typer app over the modules that do the work."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="An agent improves train.py; a frozen harness judges it.")
+err = Console(stderr=True)
+
+
+def clean_errors(fn):
+    """Known failures print one clear line and exit 1 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .git import GitError
+        from .harness.download import DownloadError
+        from .workspace import WorkspaceError
+
+        try:
+            return fn(*args, **kwargs)
+        except (WorkspaceError, GitError, DownloadError, FileNotFoundError, ValueError) as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+@app.command()
+@clean_errors
+def init(
+    directory: Path = typer.Argument(..., help="Directory of the new workspace (empty or new)."),
+    profile: str = typer.Option(..., "--profile", "-p", help="h100, small or cpu (see `autoresearch profiles`)."),
+    budget: Optional[float] = typer.Option(None, help="Training budget in seconds (frozen for the workspace)."),
+    tag: Optional[str] = typer.Option(None, help="Run tag; the branch is autoresearch/<tag> (default: today, e.g. nov22)."),
+):
+    """Create a workspace: git repo, train.py, program.md, frozen autoresearch.toml."""
+    from .workspace import init_workspace
+
+    settings = init_workspace(directory, profile, budget, tag)
+    from .git import current_branch
+
+    p = settings.profile
+    err.print(f"workspace [bold]{settings.root}[/] on branch [bold]{current_branch(settings.root)}[/]: "
+              f"profile {p.name}, budget {p.time_budget:g}s, seq {p.max_seq_len}, vocab {p.vocab_size}")
+    err.print(f"next: cd {settings.root} && autoresearch prepare && python train.py")
+
+
+@app.command()
+@clean_errors
+def prepare(
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile to prepare (default: the workspace's)."),
+    num_shards: Optional[int] = typer.Option(None, help="climbmix training shards to download (h100 profile)."),
+    force: bool = typer.Option(False, help="Rebuild even if already prepared."),
+):
+    """Download data, train the tokenizer, tokenize into memmaps (once; a second run does nothing)."""
+    from .harness.download import NetworkUnavailable
+    from .harness.prepare import prepare as run_prepare
+    from .harness.profiles import get_profile
+    from .workspace import open_workspace, pin_data
+
+    settings = None
+    if profile is None:
+        try:
+            settings = open_workspace()
+        except FileNotFoundError:
+            raise WorkspaceHint() from None
+        prof = settings.profile
+    else:
+        prof = get_profile(profile)
+    if num_shards is not None:
+        if prof.dataset != "climbmix":
+            raise ValueError("--num-shards applies to the climbmix dataset (h100 profile) only")
+        from dataclasses import replace
+
+        prof = replace(prof, num_shards=num_shards)
+    try:
+        manifest = run_prepare(prof, force=force)
+    except NetworkUnavailable as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2)
+    if settings is not None and pin_data(settings, manifest):
+        err.print("pinned data and tokenizer fingerprints in autoresearch.toml (committed)")
+
+
+class WorkspaceHint(ValueError):
+    def __init__(self):
+        super().__init__("not inside a workspace: run `autoresearch init DIR --profile NAME` first, "
+                         "or pass --profile to prepare a profile's data without one")
+
+
+@app.command()
+def profiles():
+    """List the profiles and their frozen constants."""
+    from rich.table import Table
+
+    from .harness.profiles import PROFILES
+
+    table = Table("profile", "dataset", "seq", "vocab", "budget", "eval tokens", "for")
+    for p in PROFILES.values():
+        table.add_row(p.name, p.dataset, str(p.max_seq_len), str(p.vocab_size), f"{p.time_budget:g}s",
+                      f"{p.eval_tokens:,}", p.description.split(":")[0])
+    Console().print(table)
+
+
+@app.command()
+def version():
+    """Print the harness version."""
+    from . import __version__
+
+    print(__version__)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

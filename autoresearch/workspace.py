@@ -1,0 +1,143 @@
+"""Workspaces: `autoresearch init` creates one; later commands find and check it.
+
+A workspace is a git repository on a branch `autoresearch/<tag>` holding the agent's `train.py`, the
+human's `program.md`, the frozen `autoresearch.toml` and a `.gitignore` for what is never committed
+(results, run logs). train.py starts from the template with the profile's hyperparameter defaults.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from importlib import resources
+from pathlib import Path
+
+from . import __version__
+from .git import branch_exists, current_branch, ensure_identity, git, is_repo
+from .harness.profiles import Profile, get_profile
+from .harness.settings import SETTINGS_FILE, Settings, harness_fingerprint
+
+GITIGNORE = """\
+# written by autoresearch: results and logs stay out of the experiment history
+results.tsv
+runs/
+*.log
+__pycache__/
+.autoresearch/
+"""
+
+# Hyperparameter defaults of train.py per profile (the template's own values are the h100 ones).
+TRAIN_DEFAULTS: dict[str, dict[str, str]] = {
+    "h100": {},
+    "small": {"DEPTH": "4", "ASPECT_RATIO": "64", "HEAD_DIM": "128", "WINDOW_PATTERN": '"L"',
+              "TOTAL_BATCH_SIZE": "2**15", "DEVICE_BATCH_SIZE": "64"},
+    "cpu": {"DEPTH": "2", "ASPECT_RATIO": "64", "HEAD_DIM": "64", "WINDOW_PATTERN": '"L"',
+            "TOTAL_BATCH_SIZE": "2**12", "DEVICE_BATCH_SIZE": "16"},
+}
+
+
+class WorkspaceError(RuntimeError):
+    pass
+
+
+def default_tag(today: _dt.date | None = None) -> str:
+    today = today or _dt.date.today()
+    return today.strftime("%b").lower() + str(today.day)
+
+
+def render_train_py(profile: Profile) -> str:
+    """The template train.py with the profile's defaults written into its constants block."""
+    text = resources.files("autoresearch.template").joinpath("train.py").read_text()
+    for name, value in TRAIN_DEFAULTS.get(profile.name, {}).items():
+        match = re.search(rf"^{name} = [^#\n]*(#.*)?$", text, re.M)
+        if match is None:
+            raise WorkspaceError(f"template train.py has no constant {name}")
+        line = f"{name} = {value}"
+        if match.group(1):  # keep the comment in its column
+            line = line.ljust(match.start(1) - match.start() - 1) + " " + match.group(1)
+        text = text[: match.start()] + line + text[match.end():]
+    return text
+
+
+def render_program_md(profile: Profile, tag: str) -> str:
+    text = resources.files("autoresearch.template").joinpath("program.md").read_text()
+    return (text.replace("{tag}", tag).replace("{profile}", profile.name)
+            .replace("{budget}", f"{profile.time_budget:g}").replace("{timeout}", f"{profile.hard_timeout:g}"))
+
+
+def init_workspace(directory: Path, profile_name: str, budget: float | None = None, tag: str | None = None) -> Settings:
+    """Create a workspace (or a new run branch in an existing one) and return its settings."""
+    profile = get_profile(profile_name)
+    if budget is not None:
+        profile = profile.with_budget(budget)
+    tag = tag or default_tag()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", tag):
+        raise WorkspaceError(f"invalid tag {tag!r}: use letters, digits, '.', '_' or '-'")
+    branch = f"autoresearch/{tag}"
+    directory = directory.expanduser().resolve()
+
+    if (directory / SETTINGS_FILE).exists() and is_repo(directory):
+        return _new_branch(directory, profile, budget, branch)
+    if directory.exists() and any(directory.iterdir()):
+        raise WorkspaceError(f"{directory} is not empty and is not an autoresearch workspace; "
+                             "choose an empty or new directory (nothing was changed)")
+
+    directory.mkdir(parents=True, exist_ok=True)
+    git(directory, "init", "--quiet")
+    git(directory, "checkout", "--quiet", "-b", branch)
+    ensure_identity(directory)
+    settings = Settings(root=directory, profile=profile, harness_version=__version__,
+                        harness_fingerprint=harness_fingerprint())
+    settings.save()
+    (directory / "train.py").write_text(render_train_py(profile))
+    (directory / "program.md").write_text(render_program_md(profile, tag))
+    (directory / ".gitignore").write_text(GITIGNORE)
+    git(directory, "add", "train.py", "program.md", SETTINGS_FILE, ".gitignore")
+    git(directory, "commit", "--quiet", "-m", f"autoresearch init: profile {profile.name}, budget {profile.time_budget:g}s")
+    return settings
+
+
+def _new_branch(directory: Path, profile: Profile, budget: float | None, branch: str) -> Settings:
+    settings = Settings.load(directory)
+    if settings.profile.name != profile.name:
+        raise WorkspaceError(f"{directory} is a workspace of profile {settings.profile.name!r}; a profile is frozen "
+                             f"per workspace: init a new directory for {profile.name!r}")
+    if budget is not None and budget != settings.profile.time_budget:
+        raise WorkspaceError("--budget is frozen per workspace; init a new directory for another budget")
+    if branch_exists(directory, branch):
+        raise WorkspaceError(f"branch {branch} already exists in {directory}; pick another --tag")
+    if git(directory, "status", "--porcelain"):
+        raise WorkspaceError(f"{directory} has uncommitted changes; commit or stash them before a new run tag")
+    git(directory, "checkout", "--quiet", "-b", branch)
+    return settings
+
+
+def open_workspace(start: Path | None = None) -> Settings:
+    from .harness.settings import find_workspace
+
+    root = find_workspace(start)
+    if not is_repo(root):
+        raise WorkspaceError(f"{root} has {SETTINGS_FILE} but is not a git repository")
+    return Settings.load(root)
+
+
+def pin_data(settings: Settings, manifest: dict) -> bool:
+    """Record the data and tokenizer fingerprints on first prepare; refuse a later mismatch."""
+    pinned = {"data_fingerprint": manifest["data_fingerprint"],
+              "tokenizer_fingerprint": manifest["tokenizer_fingerprint"]}
+    if settings.data:
+        if settings.data != pinned:
+            raise WorkspaceError(
+                "the prepared data or tokenizer differ from the ones this workspace was pinned to "
+                f"(workspace {settings.data}, cache {pinned}); results would not be comparable. "
+                "Restore the original cache (AUTORESEARCH_CACHE) or init a new workspace")
+        return False
+    settings.data = pinned
+    settings.save()
+    root = settings.root
+    git(root, "add", SETTINGS_FILE)
+    git(root, "commit", "--quiet", "-m", "autoresearch prepare: pin data and tokenizer fingerprints", "--", SETTINGS_FILE)
+    return True
+
+
+__all__ = ["init_workspace", "open_workspace", "pin_data", "render_train_py", "WorkspaceError", "current_branch"]
