@@ -49,7 +49,7 @@ def export_model(model: torch.nn.Module, settings: Settings, out: Path) -> Path:
     except Exception as e:  # noqa: BLE001 - any export failure is reported with its cause
         raise SubmissionError("export", f"torch.export failed: {type(e).__name__}: {e}") from e
     path = out / PROGRAM_FILE
-    tmp = out / (PROGRAM_FILE + ".tmp")
+    tmp = out / "model.tmp.pt2"
     torch.export.save(program, str(tmp))
     tmp.replace(path)
     return path

@@ -1,0 +1,58 @@
+"""Shared fixtures: an isolated cache with the cpu profile prepared once, and workspaces made by init."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autoresearch.harness.prepare import prepare
+from autoresearch.harness.profiles import get_profile
+from autoresearch.workspace import init_workspace, open_workspace, pin_data
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """AUTORESEARCH_CACHE for the whole session, with the cpu profile prepared (embedded corpus)."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("AUTORESEARCH_CACHE")
+    os.environ["AUTORESEARCH_CACHE"] = str(path)
+    prepare(get_profile("cpu"), progress=False)
+    yield path
+    if old is None:
+        os.environ.pop("AUTORESEARCH_CACHE", None)
+    else:
+        os.environ["AUTORESEARCH_CACHE"] = old
+
+
+@pytest.fixture
+def workspace(cache_dir, tmp_path, monkeypatch):
+    """A prepared cpu workspace with a short budget; the process's cwd is the workspace."""
+    root = tmp_path / "lab"
+    settings = init_workspace(root, "cpu", budget=4, tag="test")
+    from autoresearch.harness.prepare import load_manifest
+
+    pin_data(settings, load_manifest(settings.profile))
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("AUTORESEARCH_WORKSPACE", str(root))
+    return open_workspace(root)
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The real console entry point in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "autoresearch.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
