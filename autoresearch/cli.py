@@ -12,7 +12,7 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="An agent improves train.py; a frozen harness judges it.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def clean_errors(fn):
