@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="An agent improves train.py; a frozen harness judges it.")
 err = Console(stderr=True, soft_wrap=True)
 
@@ -22,11 +22,12 @@ def clean_errors(fn):
     def wrapper(*args, **kwargs):
         from .git import GitError
         from .harness.download import DownloadError
+        from .ledger import LedgerError
         from .workspace import WorkspaceError
 
         try:
             return fn(*args, **kwargs)
-        except (WorkspaceError, GitError, DownloadError, FileNotFoundError, ValueError) as e:
+        except (WorkspaceError, GitError, DownloadError, LedgerError, FileNotFoundError, ValueError, OSError) as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False)
             raise typer.Exit(1)
 
@@ -94,6 +95,49 @@ class WorkspaceHint(ValueError):
     def __init__(self):
         super().__init__("not inside a workspace: run `autoresearch init DIR --profile NAME` first, "
                          "or pass --profile to prepare a profile's data without one")
+
+
+def _workspace_root() -> Path:
+    from .workspace import open_workspace
+
+    return open_workspace().root
+
+
+@app.command()
+@clean_errors
+def run(
+    message: str = typer.Option(..., "--message", "-m", help="What this experiment tries (the commit message)."),
+    rule: str = typer.Option("strict", help="Keep rule: strict (any improvement)."),
+):
+    """Run ONE experiment on the current train.py: guard, commit, train, evaluate, keep or reset, record."""
+    from .experiment import run_experiment
+
+    outcome = run_experiment(_workspace_root(), message, rule=rule)
+    print(outcome.verdict(), flush=True)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+@clean_errors
+def recover():
+    """Bring the workspace back to a consistent state after an interrupted run."""
+    from .ledger import Ledger
+    from .recovery import WorkspaceLock, recover as do_recover
+
+    root = _workspace_root()
+    with WorkspaceLock(root):
+        messages = do_recover(root, Ledger(root))
+    for line in messages or ["nothing to recover: the workspace is consistent"]:
+        err.print(line, highlight=False)
+
+
+@app.command()
+@clean_errors
+def status(last: int = typer.Option(15, "--last", "-n", help="How many recent experiments to list.")):
+    """The ledger at a glance: counts, best val_bpb, frontier, recent experiments."""
+    from .status import print_status
+
+    print_status(_workspace_root(), last)
 
 
 @app.command()

@@ -21,6 +21,7 @@ from .settings import Settings
 RUN_DIR_ENV = "AUTORESEARCH_RUN_DIR"
 EXPORT_ONLY_ENV = "AUTORESEARCH_EXPORT_ONLY"
 PROGRAM_FILE = "model.pt2"
+SUBMIT_MARKER = "submitted"
 
 
 class SubmissionError(RuntimeError):
@@ -55,14 +56,19 @@ def export_model(model: torch.nn.Module, settings: Settings, out: Path) -> Path:
     return path
 
 
-def run_evaluator(program: Path, workspace: Path, out: Path, split: str = "val", timeout: float | None = None) -> dict:
+def run_evaluator(program: Path, workspace: Path, out: Path, split: str = "val", timeout: float | None = None,
+                  env: dict | None = None) -> dict:
     """Score `program` in a fresh interpreter; return the evaluator's JSON (an `error` key on failure)."""
     result_path = out / f"eval-{split}.json"
     result_path.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "autoresearch.harness.evaluate", "--program", str(program),
            "--workspace", str(workspace), "--split", split, "--out", str(result_path)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_") or k == "AUTORESEARCH_CACHE"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(out))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_") or k == "AUTORESEARCH_CACHE"}
+    try:
+        proc = subprocess.run(cmd, env=clean | (env or {}), capture_output=True, text=True, timeout=timeout,
+                              cwd=str(out), start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return {"error_class": "eval-timeout", "error": f"the evaluator did not finish within {timeout:g}s"}
     if not result_path.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return {"error_class": "eval", "error": "the evaluator died: " + " | ".join(tail)}
@@ -76,6 +82,7 @@ def submit(model: torch.nn.Module) -> dict:
     settings = context.settings()
     t0 = time.time()
     out = run_dir(settings)
+    (out / SUBMIT_MARKER).write_text(str(t0))  # the parent stops its training clock when this appears
     program = export_model(model, settings, out)
     export_seconds = time.time() - t0
     if os.environ.get(EXPORT_ONLY_ENV):

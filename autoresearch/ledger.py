@@ -1,0 +1,223 @@
+"""The ledger: every experiment, one row each, in SQLite inside the workspace; `results.tsv` is its view.
+
+    .autoresearch/ledger.sqlite   the truth (untracked): ids, parents, commits, metrics, errors, timings
+    results.tsv                   the original's five tab-separated columns, rewritten after every change
+
+A row is inserted as `running` before anything runs and updated once at the end, so an interrupted
+experiment is never lost and never recorded twice. `results.tsv` is rewritten whole (temp file + rename)
+from the ledger; if someone edited it by hand since our last write, their copy is kept beside it first.
+A corrupt ledger is moved aside and rebuilt from `results.tsv` and the git refs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+STATE_DIR = ".autoresearch"
+LEDGER_FILE = "ledger.sqlite"
+RESULTS_TSV = "results.tsv"
+TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+STATUSES = ("running", "keep", "discard", "crash", "timeout", "rejected")
+
+
+@dataclass
+class Experiment:
+    id: int | None = None
+    branch: str = ""
+    parent: str = ""            # frontier commit the candidate was compared with
+    commit: str = ""            # the candidate's commit ("" when rejected before committing)
+    status: str = "running"
+    description: str = ""
+    val_bpb: float | None = None
+    frontier_bpb: float | None = None
+    memory_gb: float | None = None
+    training_seconds: float | None = None
+    total_seconds: float | None = None
+    steps: int | None = None
+    params_m: float | None = None
+    mfu_percent: float | None = None
+    error_class: str = ""
+    error_excerpt: str = ""
+    reason: str = ""            # why the decision was taken
+    log_path: str = ""
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    @property
+    def short(self) -> str:
+        return self.commit[:7]
+
+
+_INTEGER = {"steps"}
+_REAL = {"val_bpb", "frontier_bpb", "memory_gb", "training_seconds", "total_seconds", "params_m", "mfu_percent",
+         "started_at", "finished_at"}
+
+
+def _schema() -> str:
+    cols = ["id INTEGER PRIMARY KEY AUTOINCREMENT"]
+    for f in fields(Experiment)[1:]:
+        kind = "INTEGER" if f.name in _INTEGER else "REAL" if f.name in _REAL else "TEXT"
+        cols.append(f'"{f.name}" {kind}')
+    return f"CREATE TABLE IF NOT EXISTS experiments ({', '.join(cols)})"
+
+
+def _names(values: dict, suffix: str = "") -> str:
+    return ", ".join(f'"{name}"{suffix}' for name in values)
+
+
+class LedgerError(RuntimeError):
+    pass
+
+
+class Ledger:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.dir = self.root / STATE_DIR
+        self.path = self.dir / LEDGER_FILE
+        self.tsv = self.root / RESULTS_TSV
+        self.dir.mkdir(exist_ok=True)
+        self._open()
+
+    # -- connection -------------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            if self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("quick_check failed")
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(_schema())
+            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        except sqlite3.DatabaseError as e:
+            if "full" in str(e).lower():
+                raise LedgerError(f"cannot write the ledger {self.path}: the disk is full") from None
+            self._rebuild_from_corrupt(e)
+
+    def _rebuild_from_corrupt(self, error: Exception) -> None:
+        if getattr(self, "db", None) is not None:
+            self.db.close()
+        aside = self.path.with_name(f"{LEDGER_FILE}.corrupt-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                src.replace(Path(str(aside) + suffix))
+        self.rebuilt_from = aside
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(_schema())
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        self.import_tsv(reason=f"rebuilt from results.tsv after a corrupt ledger ({error}); old file kept at {aside.name}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- rows -------------------------------------------------------------------------------------
+
+    def insert(self, exp: Experiment) -> Experiment:
+        values = {k: v for k, v in vars(exp).items() if k != "id"}
+        try:
+            cur = self.db.execute(
+                f"INSERT INTO experiments ({_names(values)}) VALUES ({', '.join('?' * len(values))})",
+                list(values.values()),
+            )
+        except sqlite3.OperationalError as e:
+            raise LedgerError(f"cannot write the ledger {self.path}: {e}") from None
+        exp.id = cur.lastrowid
+        return exp
+
+    def update(self, exp: Experiment) -> None:
+        values = {k: v for k, v in vars(exp).items() if k != "id"}
+        try:
+            self.db.execute(
+                f"UPDATE experiments SET {_names(values, ' = ?')} WHERE id = ?",
+                [*values.values(), exp.id],
+            )
+        except sqlite3.OperationalError as e:
+            raise LedgerError(f"cannot write the ledger {self.path}: {e}") from None
+        self.write_tsv()
+
+    def get(self, exp_id: int) -> Experiment | None:
+        row = self.db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
+        return Experiment(**dict(row)) if row else None
+
+    def all(self, branch: str | None = None) -> list[Experiment]:
+        if branch is None:
+            rows = self.db.execute("SELECT * FROM experiments ORDER BY id").fetchall()
+        else:
+            rows = self.db.execute("SELECT * FROM experiments WHERE branch = ? ORDER BY id", (branch,)).fetchall()
+        return [Experiment(**dict(r)) for r in rows]
+
+    def running(self) -> list[Experiment]:
+        rows = self.db.execute("SELECT * FROM experiments WHERE status = 'running' ORDER BY id").fetchall()
+        return [Experiment(**dict(r)) for r in rows]
+
+    def frontier(self, branch: str) -> Experiment | None:
+        """The last kept experiment of `branch`: its commit is the branch tip, its val_bpb the bar."""
+        row = self.db.execute(
+            "SELECT * FROM experiments WHERE branch = ? AND status = 'keep' ORDER BY id DESC LIMIT 1", (branch,)
+        ).fetchone()
+        return Experiment(**dict(row)) if row else None
+
+    # -- results.tsv ------------------------------------------------------------------------------
+
+    def tsv_text(self) -> str:
+        lines = [TSV_HEADER]
+        for exp in self.all():
+            if exp.status == "running":
+                continue
+            bpb = f"{exp.val_bpb:.6f}" if exp.val_bpb is not None and exp.status in ("keep", "discard") else "0.000000"
+            mem = f"{exp.memory_gb:.1f}" if exp.memory_gb is not None and exp.status in ("keep", "discard") else "0.0"
+            desc = " ".join(exp.description.split())  # tabs and newlines would break the columns
+            lines.append(f"{exp.short or '-------'}\t{bpb}\t{mem}\t{exp.status}\t{desc}")
+        return "\n".join(lines) + "\n"
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def write_tsv(self) -> None:
+        text = self.tsv_text()
+        if self.tsv.exists():
+            current = self.tsv.read_bytes()
+            ours = self._meta("tsv_sha256")
+            if ours is not None and hashlib.sha256(current).hexdigest() != ours and current.decode(errors="replace") != text:
+                self.tsv.replace(self.tsv.with_name(f"{RESULTS_TSV}.edited-{int(time.time())}"))
+            elif ours is None and current.decode(errors="replace") not in (text, TSV_HEADER + "\n"):
+                self.tsv.replace(self.tsv.with_name(f"{RESULTS_TSV}.before-autoresearch"))
+        tmp = self.tsv.with_name(RESULTS_TSV + ".tmp")
+        try:
+            tmp.write_text(text)
+            tmp.replace(self.tsv)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise LedgerError(f"cannot write {self.tsv}: {e}") from None
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('tsv_sha256', ?)", (hashlib.sha256(text.encode()).hexdigest(),))
+
+    def import_tsv(self, reason: str) -> int:
+        """Rows of an existing results.tsv, as ledger rows (what can be recovered of a lost ledger)."""
+        if not self.tsv.exists():
+            return 0
+        from .git import current_branch, git
+
+        branch = current_branch(self.root) or ""
+        count = 0
+        for line in self.tsv.read_text().splitlines()[1:]:
+            parts = line.split("\t")
+            if len(parts) < 5 or parts[3] not in STATUSES:
+                continue
+            short, bpb, mem, status, desc = parts[0], float(parts[1]), float(parts[2]), parts[3], "\t".join(parts[4:])
+            commit = git(self.root, "rev-parse", "--verify", "--quiet", short + "^{commit}", check=False) or short
+            self.insert(Experiment(branch=branch, commit=commit, status=status, description=desc,
+                                   val_bpb=bpb if status in ("keep", "discard") else None,
+                                   memory_gb=mem if status in ("keep", "discard") else None,
+                                   reason=reason, finished_at=time.time()))
+            count += 1
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('tsv_sha256', ?)",
+                        (hashlib.sha256(self.tsv.read_bytes()).hexdigest(),))
+        return count

@@ -1,0 +1,159 @@
+"""Crash safety for `autoresearch run`: the workspace lock, the journal, and recovery.
+
+The journal names the experiment in flight and the last phase it reached (started, committed, training,
+evaluating, recording, recorded). Whatever killed the run, `recover()` then:
+  1. kills every process the dead run left (its process group, and anything marked as the workspace's);
+  2. records the experiment once: a `running` row becomes `crash` with class `interrupted`;
+  3. puts the tree back on the frontier: the candidate commit is kept under
+     refs/autoresearch/discarded/<id>, uncommitted edits under refs/autoresearch/saved/<id>, then reset.
+Recovery is idempotent: running it twice, or being killed inside it, is harmless.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+from . import procs
+from .git import git
+from .ledger import STATE_DIR, Experiment, Ledger
+from .workspace import WorkspaceError
+
+JOURNAL_FILE = "current.json"
+LOCK_FILE = "lock"
+
+
+class WorkspaceLock:
+    """An exclusive flock on .autoresearch/lock; the kernel drops it when the holder dies."""
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / STATE_DIR / LOCK_FILE
+        self.fd: int | None = None
+
+    def __enter__(self) -> "WorkspaceLock":
+        self.path.parent.mkdir(exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            self.fd = None
+            raise WorkspaceError(f"another autoresearch run holds this workspace (pid {holder}); "
+                                 "wait for it to finish or stop it first") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+class Journal:
+    def __init__(self, root: Path):
+        self.path = Path(root) / STATE_DIR / JOURNAL_FILE
+        self.data: dict = {}
+
+    def read(self) -> dict | None:
+        try:
+            self.data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError:
+            self.data = {}
+        return self.data
+
+    def write(self, **data) -> None:
+        self.data = data
+        tmp = self.path.with_name(JOURNAL_FILE + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.path)
+
+    def update(self, **changes) -> None:
+        self.write(**{**self.data, **changes})
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.data = {}
+
+
+def preserve(root: Path, exp: Experiment) -> None:
+    """Keep the candidate commit and any uncommitted edits reachable before the tree is reset."""
+    if exp.commit:
+        git(root, "update-ref", f"refs/autoresearch/discarded/{exp.id:04d}", exp.commit)
+    if git(root, "status", "--porcelain", "--untracked-files=no"):
+        stash = git(root, "stash", "create", f"autoresearch: edits present when experiment {exp.id} was reset")
+        if stash:
+            git(root, "update-ref", f"refs/autoresearch/saved/{exp.id:04d}", stash)
+
+
+def _clear_stale_git_lock(root: Path) -> str | None:
+    lock = root / ".git" / "index.lock"
+    if lock.exists():
+        lock.unlink()
+        return "removed a stale .git/index.lock left by the interrupted run"
+    return None
+
+
+def recover(root: Path, ledger: Ledger, reason: str = "the harness process died") -> list[str]:
+    """Bring the workspace back to a consistent state after an interrupted run (see module docstring)."""
+    messages: list[str] = []
+    journal = Journal(root)
+    state = journal.read()
+    pgids = [state["pgid"]] if state and state.get("pgid") else []
+    if killed := procs.kill_owned(root, pgids):
+        messages.append(f"killed {killed} leftover process(es) of the interrupted run")
+    if state is None:
+        for exp in ledger.running():  # a row whose journal was never written
+            _mark_interrupted(ledger, exp, reason)
+            messages.append(f"experiment {exp.id} was interrupted before it started; recorded as crash")
+        return messages
+    if (note := _clear_stale_git_lock(root)) is not None:
+        messages.append(note)
+
+    exp = ledger.get(state.get("id", -1)) if state else None
+    frontier = state.get("frontier")
+    head = git(root, "rev-parse", "HEAD")
+    if exp is not None:
+        commit = state.get("commit") or exp.commit
+        if not commit and frontier and head != frontier and head != state.get("head"):
+            commit = head  # killed between `git commit` and the journal update
+        if commit and not exp.commit:
+            exp.commit = commit
+        if exp.status == "running":
+            _mark_interrupted(ledger, exp, reason)
+            messages.append(f"experiment {exp.id} ({exp.short or 'uncommitted'}) was interrupted; recorded as crash")
+        if exp.status != "keep" and frontier:
+            if exp.commit and head != frontier:
+                preserve(root, exp)
+                git(root, "reset", "--quiet", "--hard", frontier)
+                messages.append(f"reset the tree to the frontier {frontier[:7]} (candidate kept under "
+                                f"refs/autoresearch/discarded/{exp.id:04d})")
+            elif not exp.commit and head != frontier:
+                git(root, "reset", "--quiet", "--soft", frontier)  # uncommitted candidate: keep the edits
+                messages.append(f"moved HEAD back to the frontier {frontier[:7]}; train.py edits kept")
+    for other in ledger.running():
+        _mark_interrupted(ledger, other, reason)
+    journal.clear()
+    return messages
+
+
+def _mark_interrupted(ledger: Ledger, exp: Experiment, reason: str) -> None:
+    from .experiment import log_tail
+
+    exp.status, exp.error_class = "crash", "interrupted"
+    exp.reason = reason
+    if exp.log_path:
+        exp.error_excerpt = log_tail(ledger.root / exp.log_path)
+    exp.finished_at = time.time()
+    ledger.update(exp)

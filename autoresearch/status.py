@@ -1,0 +1,48 @@
+"""`autoresearch status`: the ledger as a table (rich on a terminal, plain aligned text otherwise)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .git import current_branch
+from .ledger import Ledger
+
+STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red", "timeout": "yellow",
+                "rejected": "magenta", "running": "cyan"}
+
+
+def summarize(root: Path) -> dict:
+    ledger = Ledger(root)
+    branch = current_branch(root) or ""
+    rows = ledger.all()
+    frontier = ledger.frontier(branch)
+    kept = [r for r in rows if r.status == "keep"]
+    valid = [r.val_bpb for r in rows if r.val_bpb is not None and r.status in ("keep", "discard")]
+    ledger.close()
+    return {"branch": branch, "rows": rows, "experiments": len(rows), "kept": len(kept),
+            "best_val_bpb": min(valid) if valid else None, "frontier": frontier}
+
+
+def print_status(root: Path, last: int = 15) -> None:
+    s = summarize(root)
+    console = Console(soft_wrap=True, no_color=not sys.stdout.isatty())
+    frontier = s["frontier"]
+    best = f"{s['best_val_bpb']:.6f}" if s["best_val_bpb"] is not None else "-"
+    console.print(f"branch {s['branch']}: {s['experiments']} experiments, {s['kept']} kept, best val_bpb {best}, "
+                  f"frontier {frontier.short if frontier else '-'}", highlight=False)
+    table = Table(box=None if not sys.stdout.isatty() else None, pad_edge=False)
+    for col in ("id", "commit", "status", "val_bpb", "delta", "mem GB", "train s", "class", "description"):
+        table.add_column(col, justify="right" if col in ("id", "val_bpb", "delta", "mem GB", "train s") else "left")
+    for r in s["rows"][-last:]:
+        delta = (f"{r.val_bpb - r.frontier_bpb:+.6f}" if r.val_bpb is not None and r.frontier_bpb is not None else "")
+        style = STATUS_STYLE.get(r.status, "")
+        table.add_row(str(r.id), r.short or "-", f"[{style}]{r.status}[/]" if style else r.status,
+                      f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-", delta,
+                      f"{r.memory_gb:.2f}" if r.memory_gb is not None else "-",
+                      f"{r.training_seconds:.1f}" if r.training_seconds is not None else "-",
+                      r.error_class or "", r.description)
+    console.print(table)
