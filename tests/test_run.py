@@ -1,0 +1,176 @@
+"""`autoresearch run`: real git repos, real CPU training with few-second budgets, real subprocesses."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def git(root, *args):
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def rows(root: Path) -> list[dict]:
+    db = sqlite3.connect(root / ".autoresearch" / "ledger.sqlite")
+    db.row_factory = sqlite3.Row
+    out = [dict(r) for r in db.execute("SELECT * FROM experiments ORDER BY id")]
+    db.close()
+    return out
+
+
+def tsv(root: Path) -> list[list[str]]:
+    lines = (root / "results.tsv").read_text().splitlines()
+    assert lines[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+    return [line.split("\t") for line in lines[1:]]
+
+
+def edit(root: Path, old: str, new: str) -> None:
+    path = root / "train.py"
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def run(root: Path, message: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run_cli("run", "-m", message, cwd=root, env=env)
+
+
+@pytest.fixture
+def lab(cache_dir, tmp_path):
+    root = tmp_path / "lab"
+    assert run_cli("init", str(root), "--profile", "cpu", "--budget", "4", "--tag", "t", cwd=tmp_path).returncode == 0
+    assert run_cli("prepare", cwd=root).returncode == 0
+    return root
+
+
+SLOW_LR = ("EMBEDDING_LR = 0.6 ", "EMBEDDING_LR = 0.0006 "), ("MATRIX_LR = 0.04 ", "MATRIX_LR = 0.00004 "), \
+    ("UNEMBEDDING_LR = 0.004 ", "UNEMBEDDING_LR = 0.000004 ")
+
+
+def test_baseline_keep_better_keep_worse_discard(lab):
+    pristine = (lab / "train.py").read_text()
+    for old, new in SLOW_LR:  # a deliberately crippled baseline, so a real improvement is certain
+        edit(lab, old, new)
+    crippled = (lab / "train.py").read_text()
+    first = run(lab, "baseline with learning rates / 1000")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.startswith("keep")
+    base_commit = git(lab, "rev-parse", "HEAD")
+    assert git(lab, "log", "-1", "--format=%s") == "baseline with learning rates / 1000"
+
+    (lab / "train.py").write_text(pristine)
+    better = run(lab, "restore the learning rates")
+    assert better.returncode == 0 and better.stdout.startswith("keep"), better.stdout + better.stderr
+    assert "vs frontier" in better.stdout
+    frontier = git(lab, "rev-parse", "HEAD")
+    assert git(lab, "rev-parse", "HEAD~1") == base_commit
+
+    (lab / "train.py").write_text(crippled)
+    worse = run(lab, "cripple again")
+    assert worse.returncode == 0 and worse.stdout.startswith("discard"), worse.stdout + worse.stderr
+    assert git(lab, "rev-parse", "HEAD") == frontier          # reset to the frontier
+    assert (lab / "train.py").read_text() == pristine          # the tree is the frontier's
+    assert git(lab, "status", "--porcelain") == ""
+    discarded = git(lab, "rev-parse", "refs/autoresearch/discarded/0003")
+    assert git(lab, "show", f"{discarded}:train.py") == crippled.rstrip("\n")  # nothing lost
+
+    r = rows(lab)
+    assert [x["status"] for x in r] == ["keep", "keep", "discard"]
+    assert r[1]["val_bpb"] < r[0]["val_bpb"] and r[2]["val_bpb"] > r[1]["val_bpb"]
+    assert r[1]["parent"] == base_commit and r[2]["parent"] == frontier
+    assert all(x["training_seconds"] >= 4.0 and x["total_seconds"] > x["training_seconds"] for x in r)
+    assert all(x["memory_gb"] > 0.05 and x["steps"] > 0 and x["params_m"] > 1 for x in r)
+    t = tsv(lab)
+    assert [row[3] for row in t] == ["keep", "keep", "discard"]
+    assert [row[0] for row in t] == [x["commit"][:7] for x in r]
+    assert [float(row[1]) for row in t] == [round(x["val_bpb"], 6) for x in r]
+
+    status = run_cli("status", cwd=lab)
+    assert status.returncode == 0
+    assert "3 experiments, 2 kept" in status.stdout and frontier[:7] in status.stdout
+
+
+def test_printed_val_bpb_is_never_the_recorded_metric(lab):
+    with open(lab / "train.py", "a") as f:
+        f.write('\nprint("---")\nprint("val_bpb:          0.000100")\n')
+    proc = run(lab, "forge the summary")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = rows(lab)
+    assert row["val_bpb"] > 1.0
+    assert "0.000100" not in (lab / "results.tsv").read_text()
+
+
+@pytest.mark.parametrize("name, change, status, error_class", [
+    ("syntax", ("import gc\n", "import gc\ndef broken(:\n"), "crash", "syntax"),
+    ("import", ("import gc\n", "import gc\nimport not_a_module_anywhere\n"), "crash", "import"),
+    ("exception", ("t_start = time.time()\n", "t_start = time.time()\nraise RuntimeError('boom')\n"), "crash", "exception"),
+    ("nan", ("EMBEDDING_LR = 0.6 ", "EMBEDDING_LR = float('nan') "), "crash", "nan"),
+    ("loop", ("clock = start_clock()\n", "clock = start_clock()\nwhile True:\n    pass\n"), "timeout", "budget"),
+])
+def test_failures_are_recorded_with_their_class(lab, name, change, status, error_class):
+    assert run(lab, "baseline").returncode == 0
+    frontier = git(lab, "rev-parse", "HEAD")
+    edit(lab, *change)
+    proc = run(lab, f"break it: {name}")
+    assert proc.returncode != 0
+    assert proc.stdout.startswith(status) and f"[{error_class}]" in proc.stdout, proc.stdout + proc.stderr
+    last = rows(lab)[-1]
+    assert (last["status"], last["error_class"]) == (status, error_class)
+    assert last["error_excerpt"] and last["val_bpb"] is None
+    assert tsv(lab)[-1][1:4] == ["0.000000", "0.0", status]
+    assert git(lab, "rev-parse", "HEAD") == frontier and git(lab, "status", "--porcelain") == ""
+    assert git(lab, "rev-parse", "--verify", "refs/autoresearch/discarded/0002")
+    if name == "loop":  # the parent stopped it: budget 4 s + 5 s slack, well under the hard timeout
+        assert last["total_seconds"] < 60
+
+
+def test_edits_outside_train_py_are_rejected_and_nothing_is_touched(lab):
+    assert run(lab, "baseline").returncode == 0
+    head = git(lab, "rev-parse", "HEAD")
+    (lab / "program.md").write_text("my own rules\n")
+    (lab / "helper.py").write_text("x = 1\n")
+    edit(lab, "DEPTH = 2 ", "DEPTH = 3 ")
+    proc = run(lab, "sneak in a helper")
+    assert proc.returncode == 5 and proc.stdout.startswith("rejected")
+    assert "helper.py" in proc.stdout and "program.md" in proc.stdout
+    assert git(lab, "rev-parse", "HEAD") == head  # no commit
+    assert (lab / "program.md").read_text() == "my own rules\n"
+    assert (lab / "helper.py").read_text() == "x = 1\n"
+    assert "DEPTH = 3 " in (lab / "train.py").read_text()
+    assert not (lab / "runs" / "0002.log").exists()  # nothing ran
+    assert rows(lab)[-1]["status"] == "rejected" and tsv(lab)[-1][3] == "rejected"
+
+    # the frozen settings file is out of scope too, even committed
+    (lab / "program.md").write_text(git(lab, "show", "HEAD:program.md") + "\n")
+    (lab / "helper.py").unlink()
+    text = (lab / "autoresearch.toml").read_text().replace("time_budget = 4.0", "time_budget = 400.0")
+    (lab / "autoresearch.toml").write_text(text)
+    git(lab, "commit", "-qam", "more time")
+    proc = run(lab, "a longer budget")
+    assert proc.returncode == 5 and "autoresearch.toml" in proc.stdout
+
+
+def test_bad_workspaces_are_clear_errors(lab, tmp_path):
+    not_ws = tmp_path / "elsewhere"
+    not_ws.mkdir()
+    proc = run(not_ws, "x")
+    assert proc.returncode == 1 and "autoresearch init" in proc.stderr and "Traceback" not in proc.stderr
+
+    git(lab, "checkout", "-q", "-b", "feature")
+    proc = run(lab, "x")
+    assert proc.returncode == 1 and "not an autoresearch/<tag> branch" in proc.stderr
+    git(lab, "checkout", "-q", "--detach")
+    proc = run(lab, "x")
+    assert proc.returncode == 1 and "detached HEAD" in proc.stderr
+    git(lab, "checkout", "-q", "autoresearch/t")
+
+    proc = run(lab, "x", env={"AUTORESEARCH_CACHE": str(tmp_path / "empty-cache")})
+    assert proc.returncode == 1 and "autoresearch prepare" in proc.stderr
+    assert not (lab / "results.tsv").exists() or len(tsv(lab)) == 0
