@@ -24,7 +24,7 @@ from .git import GitError, current_branch, git
 from .harness.clock import CLOCK_FILE_ENV
 from .harness.prepare import load_manifest
 from .harness.settings import WORKSPACE_ENV, Settings, harness_fingerprint
-from .harness.submit import EXPORT_ONLY_ENV, PROGRAM_FILE, RUN_DIR_ENV, SUBMIT_MARKER, run_evaluator
+from .harness.protocol import EXPORT_ONLY_ENV, PROGRAM_FILE, RUN_DIR_ENV, SUBMIT_MARKER, run_evaluator
 from .ledger import Experiment, Ledger
 from .recovery import Journal, WorkspaceLock, preserve, recover
 from .selection import decide
@@ -169,6 +169,7 @@ class TrainResult:
     clock_at: float | None      # harness-observed monotonic times
     submit_at: float | None
     launched_at: float
+    ended_at: float = 0.0
 
 
 def train(settings: Settings, exp: Experiment, run_dir: Path, log_path: Path, journal: Journal) -> TrainResult:
@@ -194,7 +195,7 @@ def train(settings: Settings, exp: Experiment, run_dir: Path, log_path: Path, jo
                 submit_at = now
             if (done := procs.poll(proc)) is not None:
                 procs.kill_group(proc.pid)  # anything the candidate left behind in its group
-                return TrainResult(done, clock_at, submit_at, launched)
+                return TrainResult(done, clock_at, submit_at, launched, time.monotonic())
             why = ""
             if now - launched > profile.hard_timeout:
                 why = f"hard timeout: still running after {profile.hard_timeout:g}s"
@@ -203,7 +204,8 @@ def train(settings: Settings, exp: Experiment, run_dir: Path, log_path: Path, jo
             elif clock_at is not None and submit_at is None and now - clock_at > profile.time_budget + budget_slack:
                 why = f"budget: still training {now - clock_at:.0f}s after the clock started (budget {profile.time_budget:g}s)"
             if why:
-                return TrainResult(procs.stop(proc, why), clock_at, submit_at, launched)
+                stopped = procs.stop(proc, why)
+                return TrainResult(stopped, clock_at, submit_at, launched, time.monotonic())
             time.sleep(POLL_SECONDS)
     except BaseException:
         procs.stop(proc, "interrupted", grace=2.0)
@@ -284,6 +286,7 @@ def _run(settings: Settings, ledger: Ledger, exp: Experiment, journal: Journal, 
         signal.signal(s, on_signal)
     try:
         result = train(settings, exp, run_dir, log_path, journal)
+        exp.train_wall_seconds = round(result.ended_at - result.launched_at, 3)
         program = run_dir / PROGRAM_FILE
         summary = parse_summary(log_path.read_text(errors="replace")) if log_path.exists() else {}
         exp.steps = int(_float(summary.get("num_steps")) or 0) or None
@@ -305,8 +308,10 @@ def _run(settings: Settings, ledger: Ledger, exp: Experiment, journal: Journal, 
         else:
             journal.update(phase="evaluating")
             _pause("evaluating", journal)
+            t_eval = time.monotonic()
             evaluation = run_evaluator(program, root, run_dir, timeout=settings.profile.hard_timeout,
                                        env={procs.OWNER_ENV: str(root)})
+            exp.eval_wall_seconds = round(time.monotonic() - t_eval, 3)
             if "error" in evaluation:
                 exp.status, exp.error_class = "crash", evaluation["error_class"]
                 exp.error_excerpt = evaluation["error"]

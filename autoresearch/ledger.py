@@ -37,6 +37,8 @@ class Experiment:
     memory_gb: float | None = None
     training_seconds: float | None = None
     total_seconds: float | None = None
+    train_wall_seconds: float | None = None   # the train.py process, launch to exit
+    eval_wall_seconds: float | None = None    # the evaluator process
     steps: int | None = None
     params_m: float | None = None
     mfu_percent: float | None = None
@@ -53,8 +55,8 @@ class Experiment:
 
 
 _INTEGER = {"steps"}
-_REAL = {"val_bpb", "frontier_bpb", "memory_gb", "training_seconds", "total_seconds", "params_m", "mfu_percent",
-         "started_at", "finished_at"}
+_REAL = {"val_bpb", "frontier_bpb", "memory_gb", "training_seconds", "total_seconds", "train_wall_seconds",
+         "eval_wall_seconds", "params_m", "mfu_percent", "started_at", "finished_at"}
 
 
 def _schema() -> str:

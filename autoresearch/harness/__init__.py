@@ -15,10 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import context
 from .clock import TrainingClock
-from .device import peak_flops, peak_memory_mb
-from .submit import SubmissionError, submit
 from .tokenizer import Tokenizer as _Tokenizer
 
 _CONSTANTS = {
@@ -29,9 +26,19 @@ _CONSTANTS = {
 }
 
 
+_LAZY = {"submit": "submit", "SubmissionError": "submit", "peak_flops": "device", "peak_memory_mb": "device"}
+
+
 def __getattr__(name: str):
+    """Profile constants come from the workspace; torch-heavy names load on first use."""
+    import importlib
+
     if name in _CONSTANTS:
+        from . import context
+
         return getattr(context.settings().profile, _CONSTANTS[name])
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'autoresearch.harness' has no attribute {name!r}")
 
 
@@ -39,11 +46,14 @@ class Tokenizer(_Tokenizer):
     @classmethod
     def from_directory(cls, directory: Path | None = None) -> "Tokenizer":
         """The workspace's tokenizer (or the one in `directory`)."""
+        from . import context
+
         return super().from_directory(directory or context.data_dir())
 
 
 def make_dataloader(tokenizer, B: int, T: int, split: str = "train", device="cpu", seed: int = 0):
     """Yields (inputs, targets, epoch): (B, T) int64 tensors, every row starting with BOS, no padding."""
+    from . import context
     from .loader import make_dataloader as _make
 
     return _make(context.data_dir(), tokenizer.get_bos_token_id(), B, T, split=split, device=device, seed=seed)
@@ -51,6 +61,8 @@ def make_dataloader(tokenizer, B: int, T: int, split: str = "train", device="cpu
 
 def start_clock() -> TrainingClock:
     """Start the training clock now; its budget is the workspace's TIME_BUDGET."""
+    from . import context
+
     return TrainingClock(context.settings().profile.time_budget).start()
 
 

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from . import download, embedded
+from . import embedded
 from .paths import prepared_dir, raw_dir
 from .profiles import Profile
 from .tokenizer import Tokenizer, train_tokenizer
@@ -81,6 +81,8 @@ def _alternate(docs: Iterable[str], keep: int) -> Iterator[str]:
 
 
 def climbmix_sources(profile: Profile, progress: bool) -> Sources:
+    from . import download
+
     train, val = download.download_climbmix(raw_dir("climbmix"), profile.num_shards, progress=progress)
     names = ",".join(p.name for p in [*train, val])
     return Sources(
@@ -94,6 +96,8 @@ def climbmix_sources(profile: Profile, progress: bool) -> Sources:
 
 
 def tinystories_sources(progress: bool) -> Sources:
+    from . import download
+
     train, valid = download.download_tinystories(raw_dir("tinystories"), progress=progress)
     return Sources(
         {

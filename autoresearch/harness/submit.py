@@ -7,22 +7,14 @@ fresh Python process runs the frozen evaluator on that file and its number is re
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from .protocol import EXPORT_ONLY_ENV, PROGRAM_FILE, RUN_DIR_ENV, SUBMIT_MARKER, run_evaluator
 from .settings import Settings
-
-RUN_DIR_ENV = "AUTORESEARCH_RUN_DIR"
-EXPORT_ONLY_ENV = "AUTORESEARCH_EXPORT_ONLY"
-PROGRAM_FILE = "model.pt2"
-SUBMIT_MARKER = "submitted"
-
 
 class SubmissionError(RuntimeError):
     def __init__(self, kind: str, message: str):
@@ -54,25 +46,6 @@ def export_model(model: torch.nn.Module, settings: Settings, out: Path) -> Path:
     torch.export.save(program, str(tmp))
     tmp.replace(path)
     return path
-
-
-def run_evaluator(program: Path, workspace: Path, out: Path, split: str = "val", timeout: float | None = None,
-                  env: dict | None = None) -> dict:
-    """Score `program` in a fresh interpreter; return the evaluator's JSON (an `error` key on failure)."""
-    result_path = out / f"eval-{split}.json"
-    result_path.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "autoresearch.harness.evaluate", "--program", str(program),
-           "--workspace", str(workspace), "--split", split, "--out", str(result_path)]
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_") or k == "AUTORESEARCH_CACHE"}
-    try:
-        proc = subprocess.run(cmd, env=clean | (env or {}), capture_output=True, text=True, timeout=timeout,
-                              cwd=str(out), start_new_session=True)
-    except subprocess.TimeoutExpired:
-        return {"error_class": "eval-timeout", "error": f"the evaluator did not finish within {timeout:g}s"}
-    if not result_path.exists():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return {"error_class": "eval", "error": "the evaluator died: " + " | ".join(tail)}
-    return json.loads(result_path.read_text())
 
 
 def submit(model: torch.nn.Module) -> dict:
