@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ from .workspace import WorkspaceError
 CANDIDATE = "train.py"
 POLL_SECONDS = 0.05
 EXIT_CODES = {"keep": 0, "discard": 0, "crash": 3, "timeout": 4, "rejected": 5}
+LOW_DISK_BYTES = 8 * 2**20
 PAUSE_ENV = "AUTORESEARCH_TEST_PAUSE"  # test seam: stop at a named phase so a test can SIGKILL us there
 
 
@@ -134,6 +136,7 @@ def _float(value: str | None) -> float | None:
 
 
 CRASH_PATTERNS = [
+    ("disk-full", re.compile(r"No space left on device|database or disk is full", re.I)),
     ("syntax", re.compile(r"^(SyntaxError|IndentationError|TabError)\b", re.M)),
     ("import", re.compile(r"^(ModuleNotFoundError|ImportError)\b", re.M)),
     ("nan", re.compile(r"^FAIL: training loss", re.M)),
@@ -142,7 +145,9 @@ CRASH_PATTERNS = [
 ]
 
 
-def classify_crash(log: str, returncode: int) -> str:
+def classify_crash(log: str, returncode: int, root: Path | None = None) -> str:
+    if root is not None and shutil.disk_usage(root).free < LOW_DISK_BYTES:
+        return "disk-full"  # the log itself may not have been writable
     for name, pattern in CRASH_PATTERNS:
         if pattern.search(log):
             return name
@@ -258,6 +263,13 @@ def run_experiment(root: Path, description: str, rule: str = "strict") -> Outcom
                 print(f"recover: {message}", file=sys.stderr)
             final = ledger.get(exp.id)
             return Outcome(final, final.frontier_bpb)
+        except Exception as e:  # disk full, git failure...: undo what we can, say how to finish
+            try:
+                recover(root, ledger, reason=f"harness error: {e}")
+                state = "the experiment was recorded as crashed and the tree reset to the frontier"
+            except Exception:  # noqa: BLE001 - still failing (e.g. the disk is still full)
+                state = "run `autoresearch recover` once the cause is fixed; nothing has been lost"
+            raise WorkspaceError(f"{e} ({state})") from e
 
 
 def _run(settings: Settings, ledger: Ledger, exp: Experiment, journal: Journal, rule: str) -> Outcome:
@@ -303,7 +315,7 @@ def _run(settings: Settings, ledger: Ledger, exp: Experiment, journal: Journal, 
             exp.error_excerpt = result.exit.stopped_by + "\n" + log_tail(log_path)
         elif result.exit.returncode != 0 or not program.exists() or result.submit_at is None:
             log = log_path.read_text(errors="replace") if log_path.exists() else ""
-            exp.status, exp.error_class = "crash", classify_crash(log, result.exit.returncode)
+            exp.status, exp.error_class = "crash", classify_crash(log, result.exit.returncode, root)
             exp.error_excerpt = log_tail(log_path)
         else:
             journal.update(phase="evaluating")

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from autoresearch.harness.evaluate import EvalError, bits_per_byte, check_graph, nats_and_bytes
-from autoresearch.harness.submit import SubmissionError, export_model, run_evaluator
+from autoresearch.harness.submission import SubmissionError, export_model, run_evaluator
 
 
 def test_bits_per_byte_of_known_logits_matches_hand_computation():

@@ -169,3 +169,45 @@ def test_hand_edited_results_tsv_is_kept_aside(lab):
     saved = list(lab.glob("results.tsv.edited-*"))
     assert len(saved) == 1 and "my note" in saved[0].read_text()
     assert len(tsv(lab)) == 2
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 MB tmpfs (needs root, as on the CI machine); skipped where it cannot be mounted."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_disk_full_loses_nothing_and_recovers(cache_dir, small_disk):
+    import shutil
+
+    root = small_disk / "lab"
+    assert run_cli("init", str(root), "--profile", "cpu", "--budget", "4", "--tag", "t", cwd=small_disk).returncode == 0
+    assert run_cli("prepare", cwd=root).returncode == 0
+    assert run(root, "baseline").returncode == 0
+    frontier = git(root, "rev-parse", "HEAD")
+    edit(root, "DEPTH = 2 ", "DEPTH = 1 ")
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:  # leave ~200 KB: enough to commit, not to write the model or much log
+        f.write(b"\0" * (shutil.disk_usage(small_disk).free - 200 * 1024))
+    proc = run(root, "while the disk is full")
+    assert proc.returncode != 0
+    said = proc.stdout + proc.stderr
+    assert "disk" in said.lower() or "space" in said.lower(), said
+    assert "Traceback" not in proc.stderr
+
+    filler.unlink()
+    rec = run_cli("recover", cwd=root)
+    assert rec.returncode == 0, rec.stderr
+    r = rows(root)
+    assert [x["status"] for x in r] == ["keep", "crash"] and r[1]["error_class"] in ("disk-full", "interrupted")
+    assert git(root, "rev-parse", "HEAD") == frontier and git(root, "status", "--porcelain") == ""
+    # the candidate survives: under its ref, or still in the tree if it never got committed
+    ref = git(root, "for-each-ref", "--format=%(objectname)", "refs/autoresearch/discarded/")
+    assert ref and "DEPTH = 1 " in git(root, "show", f"{ref.split()[0]}:train.py")
+    assert [row[3] for row in tsv(root)] == ["keep", "crash"]

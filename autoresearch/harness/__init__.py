@@ -26,7 +26,7 @@ _CONSTANTS = {
 }
 
 
-_LAZY = {"submit": "submit", "SubmissionError": "submit", "peak_flops": "device", "peak_memory_mb": "device"}
+_LAZY = {"submit": "submission", "SubmissionError": "submission", "peak_flops": "device", "peak_memory_mb": "device"}
 
 
 def __getattr__(name: str):
