@@ -59,16 +59,30 @@ _REAL = {"val_bpb", "frontier_bpb", "memory_gb", "training_seconds", "total_seco
          "eval_wall_seconds", "params_m", "mfu_percent", "started_at", "finished_at"}
 
 
-def _schema() -> str:
-    cols = ["id INTEGER PRIMARY KEY AUTOINCREMENT"]
-    for f in fields(Experiment)[1:]:
-        kind = "INTEGER" if f.name in _INTEGER else "REAL" if f.name in _REAL else "TEXT"
-        cols.append(f'"{f.name}" {kind}')
-    return f"CREATE TABLE IF NOT EXISTS experiments ({', '.join(cols)})"
+def _column(name: str) -> str:
+    return f'"{name}" ' + ("INTEGER" if name in _INTEGER else "REAL" if name in _REAL else "TEXT")
+
+
+def _create(db: sqlite3.Connection) -> None:
+    """Create the tables, and add any column a newer harness knows to a ledger made by an older one."""
+    cols = ", ".join(["id INTEGER PRIMARY KEY AUTOINCREMENT"] + [_column(f.name) for f in fields(Experiment)[1:]])
+    db.execute(f"CREATE TABLE IF NOT EXISTS experiments ({cols})")
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+    present = {row[1] for row in db.execute("PRAGMA table_info(experiments)")}
+    for f in fields(Experiment):
+        if f.name not in present:
+            db.execute(f"ALTER TABLE experiments ADD COLUMN {_column(f.name)}")
 
 
 def _names(values: dict, suffix: str = "") -> str:
     return ", ".join(f'"{name}"{suffix}' for name in values)
+
+
+_FIELDS = {f.name for f in fields(Experiment)}
+
+
+def _experiment(row: sqlite3.Row) -> Experiment:
+    return Experiment(**{k: v for k, v in dict(row).items() if k in _FIELDS})
 
 
 class LedgerError(RuntimeError):
@@ -93,8 +107,7 @@ class Ledger:
             if self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("quick_check failed")
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(_schema())
-            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            _create(self.db)
         except sqlite3.DatabaseError as e:
             if "full" in str(e).lower():
                 raise LedgerError(f"cannot write the ledger {self.path}: the disk is full") from None
@@ -112,8 +125,7 @@ class Ledger:
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(_schema())
-        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        _create(self.db)
         self.import_tsv(reason=f"rebuilt from results.tsv after a corrupt ledger ({error}); old file kept at {aside.name}")
 
     def close(self) -> None:
@@ -146,25 +158,25 @@ class Ledger:
 
     def get(self, exp_id: int) -> Experiment | None:
         row = self.db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
-        return Experiment(**dict(row)) if row else None
+        return _experiment(row) if row else None
 
     def all(self, branch: str | None = None) -> list[Experiment]:
         if branch is None:
             rows = self.db.execute("SELECT * FROM experiments ORDER BY id").fetchall()
         else:
             rows = self.db.execute("SELECT * FROM experiments WHERE branch = ? ORDER BY id", (branch,)).fetchall()
-        return [Experiment(**dict(r)) for r in rows]
+        return [_experiment(r) for r in rows]
 
     def running(self) -> list[Experiment]:
         rows = self.db.execute("SELECT * FROM experiments WHERE status = 'running' ORDER BY id").fetchall()
-        return [Experiment(**dict(r)) for r in rows]
+        return [_experiment(r) for r in rows]
 
     def frontier(self, branch: str) -> Experiment | None:
         """The last kept experiment of `branch`: its commit is the branch tip, its val_bpb the bar."""
         row = self.db.execute(
             "SELECT * FROM experiments WHERE branch = ? AND status = 'keep' ORDER BY id DESC LIMIT 1", (branch,)
         ).fetchone()
-        return Experiment(**dict(row)) if row else None
+        return _experiment(row) if row else None
 
     # -- results.tsv ------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -34,7 +35,7 @@ def print_status(root: Path, last: int = 15) -> None:
     best = f"{s['best_val_bpb']:.6f}" if s["best_val_bpb"] is not None else "-"
     console.print(f"branch {s['branch']}: {s['experiments']} experiments, {s['kept']} kept, best val_bpb {best}, "
                   f"frontier {frontier.short if frontier else '-'}", highlight=False)
-    table = Table(box=None if not sys.stdout.isatty() else None, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD if sys.stdout.isatty() else None, pad_edge=False)
     for col in ("id", "commit", "status", "val_bpb", "delta", "mem GB", "train s", "class", "description"):
         table.add_column(col, justify="right" if col in ("id", "val_bpb", "delta", "mem GB", "train s") else "left")
     for r in s["rows"][-last:]:
