@@ -1,0 +1,86 @@
+"""The one interface every agent backend implements, and the context it is given.
+
+An agent proposes; the harness disposes. `propose(context)` returns a Proposal: either the new text of
+train.py (backends that answer with edits, applied by the harness) or nothing, for backends that edit the
+workspace themselves (coding-agent CLIs). Either way the next step is `autoresearch run`, whose guard
+decides what may run. `observe(experiment)` lets a backend learn from every recorded result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+class AgentError(RuntimeError):
+    """A backend could not produce a proposal (bad answer, server error); the loop records and moves on."""
+
+
+class AgentUnavailable(AgentError):
+    """A backend cannot work at all (missing key, unreachable server, CLI not installed): stop before looping."""
+
+
+@dataclass
+class Failure:
+    """What went wrong with the previous attempt, for one fix attempt of the same idea."""
+
+    description: str
+    status: str
+    error_class: str
+    log_tail: str
+    diff: str
+
+
+@dataclass
+class Context:
+    workspace: Path
+    program: str            # program.md
+    train_py: str           # the frontier's train.py
+    history: str            # compact table of what was tried, kept, discarded, crashed
+    budget_seconds: float
+    failure: Failure | None = None
+
+    def prompt(self) -> str:
+        """The text a language-model backend is given (the same for every backend)."""
+        parts = [
+            "You are improving train.py in an autoresearch workspace. Instructions from the human (program.md):",
+            self.program.strip(),
+            "History of experiments on this branch (most recent last):",
+            self.history.strip() or "(none yet: the next run is the baseline)",
+            "The current train.py (the best so far):",
+            "```python\n" + self.train_py + "\n```",
+        ]
+        if self.failure is not None:
+            f = self.failure
+            parts += [
+                f"Your previous attempt ({f.description!r}) ended as {f.status} [{f.error_class}].",
+                "The end of its log:", "```\n" + f.log_tail + "\n```",
+                "Its diff:", "```diff\n" + f.diff + "\n```",
+                "Fix this attempt (same idea) if the problem is a simple bug; otherwise propose something else.",
+            ]
+        return "\n\n".join(parts)
+
+
+@dataclass
+class Proposal:
+    description: str
+    train_py: str | None = None        # None: the backend edited the workspace itself
+    model: str = ""
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+class Agent(Protocol):
+    name: str
+
+    def check(self) -> None:
+        """Raise AgentUnavailable with a clear message if this backend cannot work here."""
+
+    def propose(self, context: Context) -> Proposal: ...
+
+    def observe(self, experiment) -> None:
+        """Called with every recorded experiment (a ledger row); backends that learn use it."""
