@@ -119,6 +119,29 @@ def run(
 
 @app.command()
 @clean_errors
+def loop(
+    agent: str = typer.Option("optuna", "--agent", "-a", help="optuna (offline default), openai, anthropic, claude, codex."),
+    max_experiments: Optional[int] = typer.Option(None, help="Stop after this many experiments (default: never)."),
+    max_hours: Optional[float] = typer.Option(None, help="Stop after this many hours (default: never)."),
+    model: Optional[str] = typer.Option(None, help="Model name for the agent (else $AUTORESEARCH_MODEL or its default)."),
+    base_url: Optional[str] = typer.Option(None, help="Server URL for openai/anthropic (else their env vars)."),
+    rule: str = typer.Option("strict", help="Keep rule."),
+):
+    """Propose -> run -> decide, forever or until a limit. Ctrl-C safe; run it again to resume."""
+    from .agents import AgentUnavailable
+    from .loop import Limits, run_loop
+
+    try:
+        done = run_loop(_workspace_root(), agent, Limits(max_experiments, max_hours), model=model,
+                        base_url=base_url, rule=rule)
+    except AgentUnavailable as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2)
+    err.print(f"loop: {done} experiment(s) this session; `autoresearch status` for the ledger", highlight=False)
+
+
+@app.command()
+@clean_errors
 def recover():
     """Bring the workspace back to a consistent state after an interrupted run."""
     from .ledger import Ledger
@@ -133,11 +156,73 @@ def recover():
 
 @app.command()
 @clean_errors
-def status(last: int = typer.Option(15, "--last", "-n", help="How many recent experiments to list.")):
+def status(
+    last: int = typer.Option(15, "--last", "-n", help="How many recent experiments to list."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary and every row as JSON instead."),
+):
     """The ledger at a glance: counts, best val_bpb, frontier, recent experiments."""
+    if as_json:
+        from .report import status_json, to_json
+
+        print(to_json(status_json(_workspace_root())))
+        return
     from .status import print_status
 
     print_status(_workspace_root(), last)
+
+
+@app.command()
+@clean_errors
+def report(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for progress.png and report.html "
+                                       "(default: the workspace's report/)."),
+    mlflow: Optional[bool] = typer.Option(None, "--mlflow/--no-mlflow", help="Also log each experiment as one "
+                                          "MLflow run, once (default: on when $AUTORESEARCH_MLFLOW_URI is set)."),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI (else "
+                                             "$AUTORESEARCH_MLFLOW_URI, else sqlite in .autoresearch/mlflow/)."),
+):
+    """What happened overnight: progress.png and a self-contained report.html (optionally MLflow runs)."""
+    import os
+
+    from .report import MLFLOW_ENV, MlflowUnavailable, log_mlflow, write_report
+
+    root = _workspace_root()
+    written = write_report(root, out)
+    print(f"wrote {written['png']}\nwrote {written['html']}  ({written['progress'].title})")
+    if mlflow is None:
+        mlflow = bool(mlflow_uri or os.environ.get(MLFLOW_ENV))
+    if mlflow:
+        try:
+            done = log_mlflow(root, mlflow_uri)
+        except MlflowUnavailable as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2)
+        print(f"mlflow: {len(done['added'])} run(s) added, {len(done['skipped'])} already logged "
+              f"(experiment {done['experiment']!r} at {done['uri']})")
+
+
+@app.command()
+@clean_errors
+def show(
+    ref: str = typer.Argument(..., help="Ledger id or commit (a prefix is enough)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    tail: int = typer.Option(20, "--tail", help="How many lines of the log to show."),
+):
+    """One experiment: metrics, status, decision, the diff of train.py against its parent, the log tail."""
+    from .report import format_show, show as show_experiment, to_json
+
+    info = show_experiment(_workspace_root(), ref, tail)
+    print(to_json(info) if as_json else format_show(info))
+
+
+@app.command()
+@clean_errors
+def lineage(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text.")):
+    """The kept commits of this branch, baseline to frontier, with val_bpb and deltas: the research notebook."""
+    from .report import format_lineage, lineage as kept_chain, to_json
+
+    data = kept_chain(_workspace_root())
+    print(to_json(data) if as_json else format_lineage(data))
 
 
 @app.command()

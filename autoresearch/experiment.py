@@ -232,7 +232,8 @@ def start_experiment(settings: Settings, ledger: Ledger, description: str) -> tu
     return exp, frontier_commit
 
 
-def run_experiment(root: Path, description: str, rule: str = "strict") -> Outcome:
+def run_experiment(root: Path, description: str, rule: str = "strict", meta: dict | None = None) -> Outcome:
+    """One experiment on the workspace's current train.py; `meta` adds agent fields to its ledger row."""
     settings = Settings.load(root)
     root = settings.root
     with WorkspaceLock(root):
@@ -241,6 +242,8 @@ def run_experiment(root: Path, description: str, rule: str = "strict") -> Outcom
             print(f"recover: {message}", file=sys.stderr)
         check_frozen(settings)
         exp, frontier_commit = start_experiment(settings, ledger, description)
+        for key, value in (meta or {}).items():
+            setattr(exp, key, value)
 
         offending = out_of_scope(root, frontier_commit)
         if offending:

@@ -46,6 +46,12 @@ class Experiment:
     error_excerpt: str = ""
     reason: str = ""            # why the decision was taken
     log_path: str = ""
+    agent: str = ""             # who proposed it ("" = a human or an agent driving `run` itself)
+    model: str = ""
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    proposal_seconds: float | None = None
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
@@ -54,9 +60,9 @@ class Experiment:
         return self.commit[:7]
 
 
-_INTEGER = {"steps"}
+_INTEGER = {"steps", "input_tokens", "output_tokens"}
 _REAL = {"val_bpb", "frontier_bpb", "memory_gb", "training_seconds", "total_seconds", "train_wall_seconds",
-         "eval_wall_seconds", "params_m", "mfu_percent", "started_at", "finished_at"}
+         "eval_wall_seconds", "params_m", "mfu_percent", "started_at", "finished_at", "cost_usd", "proposal_seconds"}
 
 
 def _column(name: str) -> str:

@@ -30,14 +30,16 @@ def summarize(root: Path) -> dict:
 
 def print_status(root: Path, last: int = 15) -> None:
     s = summarize(root)
-    console = Console(soft_wrap=True, no_color=not sys.stdout.isatty())
+    tty = sys.stdout.isatty()
+    console = Console(soft_wrap=True, no_color=not tty, width=None if tty else 4096)
     frontier = s["frontier"]
     best = f"{s['best_val_bpb']:.6f}" if s["best_val_bpb"] is not None else "-"
     console.print(f"branch {s['branch']}: {s['experiments']} experiments, {s['kept']} kept, best val_bpb {best}, "
                   f"frontier {frontier.short if frontier else '-'}", highlight=False)
     table = Table(box=box.SIMPLE_HEAD if sys.stdout.isatty() else None, pad_edge=False)
     for col in ("id", "commit", "status", "val_bpb", "delta", "mem GB", "train s", "class", "description"):
-        table.add_column(col, justify="right" if col in ("id", "val_bpb", "delta", "mem GB", "train s") else "left")
+        table.add_column(col, justify="right" if col in ("id", "val_bpb", "delta", "mem GB", "train s") else "left",
+                         no_wrap=col == "description", overflow="ellipsis")
     for r in s["rows"][-last:]:
         delta = (f"{r.val_bpb - r.frontier_bpb:+.6f}" if r.val_bpb is not None and r.frontier_bpb is not None else "")
         style = STATUS_STYLE.get(r.status, "")

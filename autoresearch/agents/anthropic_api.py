@@ -1,0 +1,96 @@
+"""The Anthropic Messages API.
+
+    base URL  --base-url, else $ANTHROPIC_BASE_URL, else https://api.anthropic.com
+    model     --model, else $AUTORESEARCH_MODEL, else DEFAULT_MODEL
+    key       $ANTHROPIC_API_KEY (always required)
+
+The model answers with search/replace edits (see `edits.py`); the harness applies them to train.py.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from . import http
+from .base import AgentError, AgentUnavailable, Context, Proposal
+from .edits import EDIT_INSTRUCTIONS, apply_edits, parse_reply
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_MODEL = "claude-sonnet-4-5"
+API_VERSION = "2023-06-01"
+
+
+class AnthropicAgent:
+    name = "anthropic"
+
+    def __init__(self, workspace: Path | None = None, model: str | None = None, base_url: str | None = None, *,
+                 api_key: str | None = None, max_tokens: int = 8192, temperature: float | None = None,
+                 timeout: float = 600.0, retries: int = 3, backoff: float = 2.0, check_timeout: float = 5.0):
+        self.workspace = Path(workspace) if workspace is not None else None
+        self.base_url = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        self.model = model or os.environ.get("AUTORESEARCH_MODEL") or DEFAULT_MODEL
+        self.api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.check_timeout = check_timeout
+
+    def _headers(self) -> dict[str, str]:
+        return {"x-api-key": self.api_key or "", "anthropic-version": API_VERSION,
+                "content-type": "application/json"}
+
+    def check(self) -> None:
+        if not self.api_key:
+            raise AgentUnavailable("ANTHROPIC_API_KEY is not set: the anthropic agent needs an API key")
+        url = f"{self.base_url}/v1/models"
+        status = http.probe(url, self._headers(), timeout=self.check_timeout, what="the Anthropic API")
+        if status in (401, 403):
+            raise AgentUnavailable(f"{url} refused the API key (HTTP {status}): check ANTHROPIC_API_KEY")
+        # Any other status means the server is there; checking costs no tokens.
+
+    def propose(self, context: Context) -> Proposal:
+        if not self.api_key:
+            raise AgentUnavailable("ANTHROPIC_API_KEY is not set: the anthropic agent needs an API key")
+        body: dict = {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "system": EDIT_INSTRUCTIONS,
+            "messages": [{"role": "user", "content": context.prompt()}],
+        }
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        started = time.monotonic()
+        data = http.post_json(f"{self.base_url}/v1/messages", body, self._headers(),
+                              timeout=self.timeout, retries=self.retries, backoff=self.backoff)
+        content = data.get("content")
+        if not isinstance(content, list):
+            raise AgentError(f"unexpected answer from {self.base_url}/v1/messages (no content list): "
+                             f"{http.excerpt(str(data))!r}")
+        text = "".join(part.get("text", "") for part in content
+                       if isinstance(part, dict) and part.get("type") == "text")
+        if not text.strip():
+            raise AgentError(f"the model returned no text (stop_reason {data.get('stop_reason')!r})")
+        try:
+            description, blocks = parse_reply(text)
+            new_source = apply_edits(context.train_py, blocks)
+        except AgentError as e:
+            if data.get("stop_reason") == "max_tokens":
+                raise AgentError(f"{e} [the reply was cut off at max_tokens={self.max_tokens}]") from None
+            raise
+        usage = data.get("usage") or {}
+        return Proposal(description=description, train_py=new_source, model=self.model,
+                        input_tokens=_int(usage.get("input_tokens")),
+                        output_tokens=_int(usage.get("output_tokens")),
+                        cost_usd=None, seconds=time.monotonic() - started,
+                        extra={"edit_blocks": len(blocks), "served_model": data.get("model")})
+
+    def observe(self, experiment) -> None:
+        """Nothing to learn: every proposal starts from the ledger's history in the prompt."""
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,152 @@
+"""The edit protocol of the model-API backends: the model answers with search/replace blocks, the harness applies them.
+
+A reply is one `DESCRIPTION:` line and one or more blocks
+
+    <<<<<<< SEARCH
+    lines copied exactly from the current train.py
+    =======
+    the lines that replace them
+    >>>>>>> REPLACE
+
+The model never touches files. `parse_reply` reads the reply (tolerating prose and code fences around the
+blocks), `apply_edits` applies the blocks to train.py in order. A SEARCH section is matched as whole lines and
+must match exactly one place; when it matches nowhere, a second try ignores trailing whitespace on each line
+(models often drop or add it). Every failure is an AgentError saying which block went wrong and why.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .base import AgentError
+
+EDIT_INSTRUCTIONS = """\
+You are a machine-learning researcher running experiments on train.py, a single-file GPT training script. \
+Each experiment trains for a fixed time budget and is judged by the validation metric the harness reports; \
+your job is to make that metric better, one experiment at a time.
+
+You cannot run anything or touch files. You answer with edits, and the harness applies them to train.py \
+and runs the result. Your whole answer must have this form:
+
+DESCRIPTION: <one line saying what this experiment tries and why>
+<<<<<<< SEARCH
+(lines copied exactly from the current train.py, including indentation)
+=======
+(the lines that take their place)
+>>>>>>> REPLACE
+
+Rules:
+- Start with exactly one DESCRIPTION line, then give one or more SEARCH/REPLACE blocks.
+- Each SEARCH section must be copied character for character from the current train.py and must match \
+exactly one place in it: include a few neighbouring lines when a line alone would be ambiguous. Keep \
+SEARCH sections short; do not repeat large unchanged parts of the file.
+- Blocks are applied in order, each to the result of the previous ones.
+- To delete lines, leave the REPLACE section empty. To add lines, SEARCH for the lines next to where they go \
+and repeat them in REPLACE along with the new ones.
+- Only train.py can change. It must stay self-contained: no new files, no new packages, no downloads.
+- Test one idea per proposal, so that its result says something clear. Build on what the history shows \
+worked, and do not repeat what already failed.
+- Keep the script runnable: a syntax error or a crash wastes an experiment.
+"""
+
+_SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\s*$")
+_DIVIDER = re.compile(r"^\s*={5,9}\s*$")
+_REPLACE = re.compile(r"^\s*>{5,9}\s*REPLACE\s*$")
+_DESCRIPTION = re.compile(r"^[ \t*_#>`-]*DESCRIPTION[ \t*_`]*:[ \t*_`]*(.*?)[ \t*_`]*$", re.M | re.I)
+_THINKING = re.compile(r"<think>.*?</think>", re.S | re.I)
+
+
+def parse_reply(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """The description and the (search, replace) pairs of a model's reply, in order.
+
+    Text outside the blocks (prose, ``` fences, a <think> section) is ignored. Raises AgentError when the
+    reply has no DESCRIPTION line, no block, or a block that is not closed.
+    """
+    text = _THINKING.sub("", (text or "").replace("\r\n", "\n").replace("\r", "\n"))
+
+    blocks: list[tuple[str, str]] = []
+    outside: list[str] = []   # the prose around the blocks, where the description is looked for
+    state, search, replace = "outside", [], []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if state == "outside":
+            if _SEARCH.match(line):
+                state, search, replace = "search", [], []
+            else:
+                outside.append(line)
+        elif state == "search":
+            if _DIVIDER.match(line):
+                state = "replace"
+            elif _SEARCH.match(line) or _REPLACE.match(line):
+                raise AgentError(f"edit block {len(blocks) + 1}: no ======= line between its SEARCH and "
+                                 f"REPLACE markers (reply line {number})")
+            else:
+                search.append(line)
+        else:  # replace
+            if _REPLACE.match(line):
+                blocks.append(("\n".join(search), "\n".join(replace)))
+                state = "outside"
+            elif _SEARCH.match(line):
+                raise AgentError(f"edit block {len(blocks) + 1}: not closed by >>>>>>> REPLACE before the "
+                                 f"next SEARCH (reply line {number})")
+            else:
+                replace.append(line)
+    if state != "outside":
+        missing = "======= and >>>>>>> REPLACE" if state == "search" else ">>>>>>> REPLACE"
+        raise AgentError(f"edit block {len(blocks) + 1}: the reply ends before its {missing} line "
+                         "(was the answer cut off?)")
+
+    described = [m.group(1).strip() for m in _DESCRIPTION.finditer("\n".join(outside))]
+    description = next((d for d in described if d), "")
+    if not description:
+        raise AgentError("the reply has no 'DESCRIPTION: ...' line" + _reply_hint(text))
+    if not blocks:
+        raise AgentError("the reply has no '<<<<<<< SEARCH' / '=======' / '>>>>>>> REPLACE' edit block"
+                         + _reply_hint(text))
+    return description, blocks
+
+
+def _reply_hint(text: str) -> str:
+    flat = " ".join(text.split())
+    if not flat:
+        return " (the reply is empty)"
+    return f" (reply starts: {flat[:120]!r})"
+
+
+def _find(lines: list[str], wanted: list[str], key) -> list[int]:
+    """Indices at which `wanted` occurs in `lines` as a run of whole lines, comparing key(line)."""
+    n = len(wanted)
+    target = [key(w) for w in wanted]
+    first = target[0]
+    return [i for i in range(len(lines) - n + 1)
+            if key(lines[i]) == first and [key(x) for x in lines[i:i + n]] == target]
+
+
+def _first_line(search: str) -> str:
+    for line in search.split("\n"):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def apply_edits(source: str, blocks: list[tuple[str, str]]) -> str:
+    """`source` with each (search, replace) block applied in turn; AgentError if any block does not apply."""
+    lines = source.split("\n")
+    total = len(blocks)
+    for index, (search, replace) in enumerate(blocks, start=1):
+        label = f"edit block {index} of {total}"
+        if not search.strip():
+            raise AgentError(f"{label}: its SEARCH section is empty, so it cannot say where the edit goes")
+        wanted = search.split("\n")
+        hits = _find(lines, wanted, lambda s: s)
+        if not hits:
+            hits = _find(lines, wanted, str.rstrip)
+        if len(hits) != 1:
+            problem = ("was not found in train.py" if not hits
+                       else f"is ambiguous: it matches {len(hits)} places in train.py (add context lines)")
+            raise AgentError(f"{label}: SEARCH starting {_first_line(search)!r} {problem}")
+        at = hits[0]
+        lines[at:at + len(wanted)] = replace.split("\n") if replace else []
+    result = "\n".join(lines)
+    if result == source:
+        raise AgentError("the edits change nothing")
+    return result
