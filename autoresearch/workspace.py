@@ -24,6 +24,7 @@ runs/
 *.log
 __pycache__/
 .autoresearch/
+report/
 """
 
 # Hyperparameter defaults of train.py per profile (the template's own values are the h100 ones).

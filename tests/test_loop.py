@@ -127,3 +127,84 @@ def test_ctrl_c_stops_the_loop_cleanly_and_it_resumes(lab):
     assert git(lab, "rev-parse", "HEAD") == r[0]["commit"]
     again = run_cli("loop", "--max-experiments", "1", cwd=lab)
     assert again.returncode == 0 and len(rows(lab)) == 3
+
+
+class ChatStandIn:
+    """A scripted OpenAI-compatible server on loopback: /v1/models and /v1/chat/completions."""
+
+    LINE = "DEPTH = 2                  # number of transformer layers"
+    REPLY = ("I will try a shallower model.\nDESCRIPTION: depth 1 instead of 2\n"
+             f"<<<<<<< SEARCH\n{LINE}\n=======\n{LINE.replace('2 ', '1 ', 1)}\n>>>>>>> REPLACE\n")
+
+    def __enter__(self):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        requests = self.requests = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, body: dict):
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send({"data": [{"id": "fake-model"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                requests.append(body)
+                self._send({"choices": [{"message": {"role": "assistant", "content": ChatStandIn.REPLY},
+                                         "finish_reason": "stop"}],
+                            "usage": {"prompt_tokens": 1234, "completion_tokens": 56}, "model": "fake-model"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_loop_with_an_openai_compatible_server(lab):
+    with ChatStandIn() as server:
+        proc = run_cli("loop", "--agent", "openai", "--base-url", server.url, "--model", "fake-model",
+                       "--max-experiments", "2", cwd=lab)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    r = rows(lab)
+    assert [x["description"] for x in r] == ["baseline", "depth 1 instead of 2"]
+    assert (r[1]["agent"], r[1]["model"], r[1]["input_tokens"], r[1]["output_tokens"]) == ("openai", "fake-model", 1234, 56)
+    assert r[1]["status"] in ("keep", "discard")
+    commit = r[1]["commit"]
+    assert "DEPTH = 1 " in git(lab, "show", f"{commit}:train.py")  # the edit landed in train.py
+    (req,) = server.requests
+    prompt = req["messages"][-1]["content"]
+    assert "#1 keep" in prompt and ":: baseline" in prompt      # the history from the ledger
+    assert "DEPTH = 2 " in prompt                               # the frontier's train.py
+    assert "never stop" in prompt.lower()                       # program.md
+    assert "SEARCH" in req["messages"][0]["content"] and req["model"] == "fake-model"
+
+
+def test_unreachable_server_is_a_clear_error_before_the_loop(lab):
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = run_cli("loop", "--agent", "openai", "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "m", cwd=lab)
+    assert proc.returncode == 2 and f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+    env = {k: v for k, v in os.environ.items() if k != "ANTHROPIC_API_KEY"}
+    proc = subprocess.run([sys.executable, "-m", "autoresearch.cli", "loop", "--agent", "anthropic"], cwd=lab,
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "ANTHROPIC_API_KEY" in proc.stderr
+    assert not (lab / ".autoresearch" / "ledger.sqlite").exists() or rows(lab) == []
