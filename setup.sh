@@ -11,4 +11,7 @@ cd "$(dirname "$0")"
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
+if command -v npm >/dev/null; then
+    npm install -g --silent --no-fund --no-audit @anthropic-ai/claude-code@2.1.330 @openai/codex@0.169.0
+fi
 python -m pip install -q torch==2.13.0 -e '.[dev]'
