@@ -24,6 +24,19 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_compile_in_subprocesses():
+    """Training runs in tests skip torch.compile (its warm-cache start alone costs seconds per run): the
+    harness behaviour under test does not depend on it. test_train_e2e runs the compiled path for real."""
+    old = os.environ.get("TORCHDYNAMO_DISABLE")
+    os.environ["TORCHDYNAMO_DISABLE"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("TORCHDYNAMO_DISABLE", None)
+    else:
+        os.environ["TORCHDYNAMO_DISABLE"] = old
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """AUTORESEARCH_CACHE for the whole session, with the cpu profile prepared (embedded corpus)."""

@@ -22,8 +22,9 @@ def summary(stdout: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block.splitlines() if ":" in line)}
 
 
-def run_train(root: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_WORKSPACE"}
+def run_train(root: Path, timeout: float = 300, compiled: bool = False) -> subprocess.CompletedProcess:
+    drop = {"AUTORESEARCH_WORKSPACE"} | ({"TORCHDYNAMO_DISABLE"} if compiled else set())
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     return subprocess.run([sys.executable, "train.py"], cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -37,15 +38,16 @@ def lab(cache_dir, tmp_path):
 
 
 def test_train_py_trains_and_the_harness_scores_it(lab):
-    proc = run_train(lab)
+    proc = run_train(lab, compiled=True)  # the real path: torch.compile'd model on CPU
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     s = summary(proc.stdout)
     val_bpb = float(s["val_bpb"])
     uniform = math.log2(2048) / 3.08  # bits per token of a uniform model over ~3.08 bytes per token
-    assert val_bpb < 0.75 * uniform, s
+    assert val_bpb < 0.95 * uniform, s  # an untrained model scores about the uniform value
     assert 4.0 <= float(s["training_seconds"]) < 8.0
     assert int(s["num_steps"]) > 3 and float(s["peak_rss_mb"]) > 100
     assert s["mfu_percent"].startswith("unknown") and s["device"] == "cpu"
+    assert "compile model: True" in proc.stdout
     # the printed number is the one the evaluator process wrote, not one train.py computed
     (run,) = (lab / "runs").iterdir()
     result = json.loads((run / "eval-val.json").read_text())
