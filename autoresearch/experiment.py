@@ -9,8 +9,6 @@ The workspace lock (an flock, released by the kernel even on SIGKILL) keeps two 
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import shutil
@@ -21,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import procs
-from .git import GitError, current_branch, git
+from .git import current_branch, git
 from .harness.clock import CLOCK_FILE_ENV
 from .harness.prepare import load_manifest
 from .harness.settings import WORKSPACE_ENV, Settings, harness_fingerprint

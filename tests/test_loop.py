@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -14,7 +13,7 @@ import scripted_agent
 from autoresearch import agents
 from autoresearch.loop import Limits, run_loop
 from conftest import run_cli
-from test_run import git, lab, rows, tsv  # noqa: F401 - lab is a fixture
+from test_run import git, lab, rows, tsv, wait_for_training  # noqa: F401 - lab is a fixture
 
 pytestmark = pytest.mark.slow
 
@@ -46,11 +45,7 @@ def test_optuna_loop_records_experiments_and_only_improves(lab):
     env = {**os.environ}
     p = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "loop", "--max-experiments", "3"], cwd=lab, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = lab / "runs" / "0005.log"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and "Vocab size" in log.read_text()):
-        assert time.monotonic() < deadline and p.poll() is None
-        time.sleep(0.1)
+    wait_for_training(p, lab / "runs" / "0005.log")
     p.send_signal(signal.SIGKILL)
     p.wait()
     again = run_cli("loop", "--max-experiments", "1", cwd=lab)
@@ -114,11 +109,7 @@ def test_loop_refuses_to_start_on_foreign_changes_and_unknown_agents(lab):
 def test_ctrl_c_stops_the_loop_cleanly_and_it_resumes(lab):
     p = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "loop", "--max-experiments", "3"], cwd=lab,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = lab / "runs" / "0002.log"
-    deadline = time.monotonic() + 180
-    while not (log.exists() and "Vocab size" in log.read_text()):
-        assert time.monotonic() < deadline and p.poll() is None, p.stderr.read() if p.poll() is not None else ""
-        time.sleep(0.1)
+    wait_for_training(p, lab / "runs" / "0002.log")
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
     r = rows(lab)

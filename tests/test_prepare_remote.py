@@ -6,7 +6,6 @@ import json
 import random
 
 import numpy as np
-import pytest
 
 from autoresearch.harness import download as dl
 from autoresearch.harness.paths import prepared_dir

@@ -13,7 +13,7 @@ import pytest
 
 from autoresearch.procs import owned_pids
 from conftest import run_cli
-from test_run import edit, git, lab, rows, run, tsv  # noqa: F401 - lab is a fixture
+from test_run import edit, git, lab, rows, run, tsv, wait_for_training  # noqa: F401 - lab is a fixture
 
 pytestmark = pytest.mark.slow
 
@@ -130,11 +130,7 @@ def test_ctrl_c_during_training_records_and_resets(lab):
     edit(lab, "DEPTH = 2 ", "DEPTH = 1 ")
     proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", "interrupted by hand"], cwd=lab,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = lab / "runs" / "0002.log"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and "Vocab size" in log.read_text()):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.1)
+    wait_for_training(proc, lab / "runs" / "0002.log")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0

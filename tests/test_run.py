@@ -38,6 +38,17 @@ def edit(root: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+def wait_for_training(proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Block until the experiment logging to `log` is past start-up (train.py printed its vocabulary)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and "Vocab size" in log.read_text()):
+        assert time.monotonic() < deadline, f"{log} never showed training"
+        assert proc.poll() is None, f"the process ended early: {proc.stdout.read() if proc.stdout else ''}"
+        time.sleep(0.1)
+
+
 def run(root: Path, message: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return run_cli("run", "-m", message, cwd=root, env=env)
 

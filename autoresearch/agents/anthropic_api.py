@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import http
 from .base import AgentError, AgentUnavailable, Context, Proposal
-from .edits import EDIT_INSTRUCTIONS, apply_edits, parse_reply
+from .edits import EDIT_INSTRUCTIONS, proposal_from_reply
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-4-5"
@@ -74,23 +74,11 @@ class AnthropicAgent:
                        if isinstance(part, dict) and part.get("type") == "text")
         if not text.strip():
             raise AgentError(f"the model returned no text (stop_reason {data.get('stop_reason')!r})")
-        try:
-            description, blocks = parse_reply(text)
-            new_source = apply_edits(context.train_py, blocks)
-        except AgentError as e:
-            if data.get("stop_reason") == "max_tokens":
-                raise AgentError(f"{e} [the reply was cut off at max_tokens={self.max_tokens}]") from None
-            raise
         usage = data.get("usage") or {}
-        return Proposal(description=description, train_py=new_source, model=self.model,
-                        input_tokens=_int(usage.get("input_tokens")),
-                        output_tokens=_int(usage.get("output_tokens")),
-                        cost_usd=None, seconds=time.monotonic() - started,
-                        extra={"edit_blocks": len(blocks), "served_model": data.get("model")})
+        cut_off = f"max_tokens={self.max_tokens}" if data.get("stop_reason") == "max_tokens" else None
+        return proposal_from_reply(text, context.train_py, model=self.model, input_tokens=usage.get("input_tokens"),
+                                   output_tokens=usage.get("output_tokens"), seconds=time.monotonic() - started,
+                                   cut_off=cut_off, served_model=data.get("model"))
 
     def observe(self, experiment) -> None:
         """Nothing to learn: every proposal starts from the ledger's history in the prompt."""
-
-
-def _int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

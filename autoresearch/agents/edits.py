@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from .base import AgentError
+from .base import AgentError, Proposal
 
 EDIT_INSTRUCTIONS = """\
 You are a machine-learning researcher running experiments on train.py, a single-file GPT training script. \
@@ -150,3 +150,25 @@ def apply_edits(source: str, blocks: list[tuple[str, str]]) -> str:
     if result == source:
         raise AgentError("the edits change nothing")
     return result
+
+
+def proposal_from_reply(text: str, source: str, *, model: str, input_tokens, output_tokens, seconds: float,
+                        cut_off: str | None = None, served_model=None) -> Proposal:
+    """Parse a model's reply, apply its edits to `source`, and wrap the result as a Proposal.
+
+    `cut_off` names the token limit when the server says the reply was truncated, so a parse failure
+    can say why."""
+    try:
+        description, blocks = parse_reply(text)
+        new_source = apply_edits(source, blocks)
+    except AgentError as e:
+        if cut_off:
+            raise AgentError(f"{e} [the reply was cut off at {cut_off}]") from None
+        raise
+    return Proposal(description=description, train_py=new_source, model=model,
+                    input_tokens=_int(input_tokens), output_tokens=_int(output_tokens), cost_usd=None,
+                    seconds=seconds, extra={"edit_blocks": len(blocks), "served_model": served_model})
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from . import http
 from .base import AgentError, AgentUnavailable, Context, Proposal
-from .edits import EDIT_INSTRUCTIONS, apply_edits, parse_reply
+from .edits import EDIT_INSTRUCTIONS, proposal_from_reply
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -86,23 +86,11 @@ class OpenAIAgent:
                              f"choices[0].message.content): {http.excerpt(str(data))!r}") from None
         if not isinstance(text, str) or not text.strip():
             raise AgentError(f"the model returned no text (finish_reason {choice.get('finish_reason')!r})")
-        try:
-            description, blocks = parse_reply(text)
-            new_source = apply_edits(context.train_py, blocks)
-        except AgentError as e:
-            if choice.get("finish_reason") == "length":
-                raise AgentError(f"{e} [the reply was cut off at the token limit]") from None
-            raise
         usage = data.get("usage") or {}
-        return Proposal(description=description, train_py=new_source, model=self.model,
-                        input_tokens=_int(usage.get("prompt_tokens")),
-                        output_tokens=_int(usage.get("completion_tokens")),
-                        cost_usd=None, seconds=time.monotonic() - started,
-                        extra={"edit_blocks": len(blocks), "served_model": data.get("model")})
+        cut_off = "the token limit" if choice.get("finish_reason") == "length" else None
+        return proposal_from_reply(text, context.train_py, model=self.model, input_tokens=usage.get("prompt_tokens"),
+                                   output_tokens=usage.get("completion_tokens"), seconds=time.monotonic() - started,
+                                   cut_off=cut_off, served_model=data.get("model"))
 
     def observe(self, experiment) -> None:
         """Nothing to learn: every proposal starts from the ledger's history in the prompt."""
-
-
-def _int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
