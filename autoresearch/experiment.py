@@ -301,7 +301,8 @@ def _run(settings: Settings, ledger: Ledger, exp: Experiment, journal: Journal, 
         result = train(settings, exp, run_dir, log_path, journal)
         exp.train_wall_seconds = round(result.ended_at - result.launched_at, 3)
         program = run_dir / PROGRAM_FILE
-        summary = parse_summary(log_path.read_text(errors="replace")) if log_path.exists() else {}
+        log = log_path.read_text(errors="replace") if log_path.exists() else ""
+        summary = parse_summary(log)
         exp.steps = int(_float(summary.get("num_steps")) or 0) or None
         exp.params_m = _float(summary.get("num_params_M"))
         exp.mfu_percent = _float(summary.get("mfu_percent"))
@@ -315,7 +316,6 @@ def _run(settings: Settings, ledger: Ledger, exp: Experiment, journal: Journal, 
             exp.status, exp.error_class = "timeout", result.exit.stopped_by.split(":")[0].replace(" ", "-")
             exp.error_excerpt = result.exit.stopped_by + "\n" + log_tail(log_path)
         elif result.exit.returncode != 0 or not program.exists() or result.submit_at is None:
-            log = log_path.read_text(errors="replace") if log_path.exists() else ""
             exp.status, exp.error_class = "crash", classify_crash(log, result.exit.returncode, root)
             exp.error_excerpt = log_tail(log_path)
         else:
