@@ -23,11 +23,13 @@ def clean_errors(fn):
         from .git import GitError
         from .harness.download import DownloadError
         from .ledger import LedgerError
+        from .sandbox import SandboxError
         from .workspace import WorkspaceError
 
         try:
             return fn(*args, **kwargs)
-        except (WorkspaceError, GitError, DownloadError, LedgerError, FileNotFoundError, ValueError, OSError) as e:
+        except (WorkspaceError, GitError, DownloadError, LedgerError, SandboxError, FileNotFoundError, ValueError,
+                OSError) as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False)
             raise typer.Exit(1)
 
@@ -103,18 +105,56 @@ def _workspace_root() -> Path:
     return open_workspace().root
 
 
+RULE_HELP = ("Keep rule: noise (keep only improvements that clear the measured noise floor; a close call gets "
+             "a confirmation run) or strict (any improvement, like the original).")
+SANDBOX_HELP = "Sandbox for train.py and the evaluator: auto (bubblewrap where it works), require, off."
+NOISE_RUNS_HELP = "Repeats of the frontier when the noise floor must be measured."
+
+
+def _rule_option():
+    return typer.Option("noise", "--rule", envvar="AUTORESEARCH_RULE", help=RULE_HELP)
+
+
+def _sandbox_option():
+    return typer.Option(None, "--sandbox", envvar="AUTORESEARCH_SANDBOX", help=SANDBOX_HELP)
+
+
 @app.command()
 @clean_errors
 def run(
     message: str = typer.Option(..., "--message", "-m", help="What this experiment tries (the commit message)."),
-    rule: str = typer.Option("strict", help="Keep rule: strict (any improvement)."),
+    rule: str = _rule_option(),
+    sandbox: Optional[str] = _sandbox_option(),
+    noise_runs: int = typer.Option(4, help=NOISE_RUNS_HELP),
 ):
     """Run ONE experiment on the current train.py: guard, commit, train, evaluate, keep or reset, record."""
     from .experiment import run_experiment
 
-    outcome = run_experiment(_workspace_root(), message, rule=rule)
+    outcome = run_experiment(_workspace_root(), message, rule=rule, sandbox_mode=sandbox, noise_runs=noise_runs)
     print(outcome.verdict(), flush=True)
     raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+@clean_errors
+def noise(
+    runs: int = typer.Option(4, "--runs", "-k", help="How many repeats of the frontier (other seeds)."),
+    sandbox: Optional[str] = _sandbox_option(),
+    as_json: bool = typer.Option(False, "--json", help="Print the measurement as JSON."),
+):
+    """Measure the noise floor: K repeats of the frontier with other seeds, stored in the ledger."""
+    import json
+
+    from .noise import run_noise
+
+    m = run_noise(_workspace_root(), runs, sandbox)
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return
+    std = f"{m['std']:.6f}" if m["std"] == m["std"] else "-"
+    pooled = f"{m['pooled_std']:.6f} ({m['pooled_dof']} dof)" if m["pooled_std"] is not None else "-"
+    print(f"noise of {m['commit'][:7]} over {len(m['values'])} run(s): mean {m['mean']:.6f}, std {std} "
+          f"(frontier's own run {m['frontier_bpb']:.6f}); pooled noise floor of the branch: {pooled}")
 
 
 @app.command()
@@ -125,7 +165,11 @@ def loop(
     max_hours: Optional[float] = typer.Option(None, help="Stop after this many hours (default: never)."),
     model: Optional[str] = typer.Option(None, help="Model name for the agent (else $AUTORESEARCH_MODEL or its default)."),
     base_url: Optional[str] = typer.Option(None, help="Server URL for openai/anthropic (else their env vars)."),
-    rule: str = typer.Option("strict", help="Keep rule."),
+    rule: str = _rule_option(),
+    sandbox: Optional[str] = _sandbox_option(),
+    noise_runs: int = typer.Option(4, help=NOISE_RUNS_HELP),
+    noise_every: int = typer.Option(20, help="Re-measure the noise floor on the frontier every N experiments "
+                                    "(0: only when missing)."),
 ):
     """Propose -> run -> decide, forever or until a limit. Ctrl-C safe; run it again to resume."""
     from .agents import AgentUnavailable
@@ -133,7 +177,8 @@ def loop(
 
     try:
         done = run_loop(_workspace_root(), agent, Limits(max_experiments, max_hours), model=model,
-                        base_url=base_url, rule=rule)
+                        base_url=base_url, rule=rule, sandbox_mode=sandbox, noise_runs=noise_runs,
+                        noise_every=noise_every)
     except AgentUnavailable as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(2)

@@ -12,6 +12,7 @@ A corrupt ledger is moved aside and rebuilt from `results.tsv` and the git refs.
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import time
 from dataclasses import dataclass, field, fields
@@ -21,7 +22,7 @@ STATE_DIR = ".autoresearch"
 LEDGER_FILE = "ledger.sqlite"
 RESULTS_TSV = "results.tsv"
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
-STATUSES = ("running", "keep", "discard", "crash", "timeout", "rejected")
+STATUSES = ("running", "keep", "discard", "crash", "timeout", "rejected", "invalid")
 
 
 @dataclass
@@ -45,6 +46,12 @@ class Experiment:
     error_class: str = ""
     error_excerpt: str = ""
     reason: str = ""            # why the decision was taken
+    rule: str = ""              # the keep rule it was judged by (strict | noise)
+    samples: int | None = None  # training runs averaged into val_bpb (2 after a confirmation run)
+    test_bpb: float | None = None   # kept experiments only: the held-out test split, never used to decide
+    sandbox: str = ""           # bwrap | none
+    startup_seconds: float | None = None  # launch to clock start, as the harness saw it
+    export_seconds: float | None = None   # submit to the exported model on disk
     log_path: str = ""
     agent: str = ""             # who proposed it ("" = a human or an agent driving `run` itself)
     model: str = ""
@@ -60,9 +67,10 @@ class Experiment:
         return self.commit[:7]
 
 
-_INTEGER = {"steps", "input_tokens", "output_tokens"}
+_INTEGER = {"steps", "input_tokens", "output_tokens", "samples"}
 _REAL = {"val_bpb", "frontier_bpb", "memory_gb", "training_seconds", "total_seconds", "train_wall_seconds",
-         "eval_wall_seconds", "params_m", "mfu_percent", "started_at", "finished_at", "cost_usd", "proposal_seconds"}
+         "eval_wall_seconds", "params_m", "mfu_percent", "started_at", "finished_at", "cost_usd", "proposal_seconds",
+         "test_bpb", "startup_seconds", "export_seconds"}
 
 
 def _column(name: str) -> str:
@@ -74,6 +82,11 @@ def _create(db: sqlite3.Connection) -> None:
     cols = ", ".join(["id INTEGER PRIMARY KEY AUTOINCREMENT"] + [_column(f.name) for f in fields(Experiment)[1:]])
     db.execute(f"CREATE TABLE IF NOT EXISTS experiments ({cols})")
     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+    db.execute("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER, "
+               "branch TEXT, commit_sha TEXT, kind TEXT, seed INTEGER, val_bpb REAL, status TEXT, "
+               "error_class TEXT, log_path TEXT, finished_at REAL)")
+    db.execute("CREATE TABLE IF NOT EXISTS noise (id INTEGER PRIMARY KEY AUTOINCREMENT, branch TEXT, "
+               "commit_sha TEXT, runs INTEGER, mean REAL, std REAL, values_json TEXT, measured_at REAL)")
     present = {row[1] for row in db.execute("PRAGMA table_info(experiments)")}
     for f in fields(Experiment):
         if f.name not in present:
@@ -137,6 +150,11 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
+    def reopen(self) -> None:
+        """After the files were put back from a snapshot (see tripwire.py)."""
+        self.db.close()
+        self._open()
+
     # -- rows -------------------------------------------------------------------------------------
 
     def insert(self, exp: Experiment) -> Experiment:
@@ -183,6 +201,47 @@ class Ledger:
             "SELECT * FROM experiments WHERE branch = ? AND status = 'keep' ORDER BY id DESC LIMIT 1", (branch,)
         ).fetchone()
         return _experiment(row) if row else None
+
+    # -- training runs and the noise floor ---------------------------------------------------------
+
+    def add_run(self, branch: str, commit: str, kind: str, seed: int, val_bpb: float | None, status: str,
+                error_class: str = "", log_path: str = "", experiment_id: int | None = None) -> None:
+        """One training run of `commit`: kind experiment | confirm | noise; status ok, crash, ..."""
+        self.db.execute("INSERT INTO runs (experiment_id, branch, commit_sha, kind, seed, val_bpb, status, "
+                        "error_class, log_path, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (experiment_id, branch, commit, kind, seed, val_bpb, status, error_class, log_path,
+                         time.time()))
+
+    def runs(self, branch: str) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM runs WHERE branch = ? ORDER BY id", (branch,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def samples(self, branch: str, commit: str) -> list[float]:
+        """Every valid val_bpb measured for `commit` on `branch` (its own runs, confirmations, repeats)."""
+        rows = self.db.execute("SELECT val_bpb FROM runs WHERE branch = ? AND commit_sha = ? AND status = 'ok' "
+                               "AND val_bpb IS NOT NULL ORDER BY id", (branch, commit)).fetchall()
+        if rows:
+            return [r[0] for r in rows]
+        older = self.db.execute("SELECT val_bpb FROM experiments WHERE branch = ? AND commit = ? AND "
+                                "val_bpb IS NOT NULL AND status IN ('keep', 'discard')", (branch, commit)).fetchall()
+        return [r[0] for r in older]  # a ledger from before runs were recorded one by one
+
+    def sample_groups(self, branch: str) -> list[list[float]]:
+        """Valid val_bpb per commit of `branch`: what the pooled noise floor is estimated from."""
+        groups: dict[str, list[float]] = {}
+        for r in self.runs(branch):
+            if r["status"] == "ok" and r["val_bpb"] is not None:
+                groups.setdefault(r["commit_sha"], []).append(r["val_bpb"])
+        return list(groups.values())
+
+    def add_noise(self, branch: str, commit: str, values: list[float], mean: float, std: float) -> None:
+        self.db.execute("INSERT INTO noise (branch, commit_sha, runs, mean, std, values_json, measured_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (branch, commit, len(values), mean, std, json.dumps(values), time.time()))
+
+    def noise_measurements(self, branch: str) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM noise WHERE branch = ? ORDER BY id", (branch,)).fetchall()
+        return [dict(r) | {"values": json.loads(r["values_json"])} for r in rows]
 
     # -- results.tsv ------------------------------------------------------------------------------
 

@@ -11,13 +11,15 @@ recorded as interrupted and the tree goes back to the frontier); running the loo
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import agents
-from .experiment import Outcome, run_experiment
+from .experiment import CODE_SUFFIXES, HIDING_PLACES, NOISE_RUNS, QUARANTINE, Outcome, run_experiment
+from .noise import run_noise
 from .git import git
 from .harness.settings import Settings
 from .ledger import Experiment, Ledger
@@ -25,7 +27,8 @@ from .recovery import WorkspaceLock, recover
 from .workspace import WorkspaceError
 
 HISTORY_ROWS = 40
-FIXABLE = {"syntax", "import", "exception", "nan", "oom", "export", "shape", "graph", "no-submit", "exit"}
+FIXABLE = {"syntax", "import", "exception", "nan", "oom", "export", "shape", "graph", "causality", "no-submit",
+           "exit"}
 MAX_BACKOFF = 300.0
 
 
@@ -115,7 +118,8 @@ def _meta(agent, proposal: agents.Proposal | None) -> dict:
 
 
 def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = None, base_url: str | None = None,
-             rule: str = "strict") -> int:
+             rule: str = "strict", sandbox_mode: str | None = None, noise_runs: int = NOISE_RUNS,
+             noise_every: int = 20) -> int:
     """The loop; returns the number of experiments run. Raises AgentUnavailable before starting."""
     settings = Settings.load(root)
     root = settings.root
@@ -128,13 +132,14 @@ def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = No
             raise WorkspaceError("the workspace has changes outside train.py (" + ", ".join(stray[:10]) + "); "
                                  "commit, move or remove them before starting the loop")
     view = View(agent.name)
+    run = functools.partial(run_experiment, root, rule=rule, sandbox_mode=sandbox_mode, noise_runs=noise_runs)
     started, done, errors = time.time(), 0, 0
     try:
         ledger = Ledger(root)
         branch = git(root, "symbolic-ref", "--short", "HEAD")
         if ledger.frontier(branch) is None:  # a fresh branch: its train.py as it is is the baseline
             view.event("baseline", None)
-            outcome = run_experiment(root, "baseline", rule, meta={"agent": agent.name})
+            outcome = run("baseline", meta={"agent": agent.name})
             agent.observe(outcome.experiment)
             done += 1
             view.best = outcome.experiment.val_bpb
@@ -145,7 +150,10 @@ def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = No
             ledger = Ledger(root)
             frontier = ledger.frontier(branch)
             view.best = frontier.val_bpb if frontier else view.best
-            outcome, proposal = _iteration(root, ledger, agent, settings, rule, view, done)
+            if rule == "noise" and noise_every and done and done % noise_every == 0:
+                view.event("noise", f"re-measuring the noise floor ({noise_runs} repeats of the frontier)")
+                run_noise(root, noise_runs, sandbox_mode)
+            outcome, proposal = _iteration(root, ledger, agent, settings, run, view, done)
             if outcome is None:  # the agent failed to propose: back off, never give up
                 errors += 1
                 time.sleep(min(MAX_BACKOFF, 2.0 ** errors))
@@ -155,9 +163,9 @@ def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = No
             if _interrupted(outcome):
                 break
             exp = outcome.experiment
-            if exp.status == "crash" and exp.error_class in FIXABLE and limits.reached(done, started) is None:
+            if exp.status in ("crash", "invalid") and exp.error_class in FIXABLE and limits.reached(done, started) is None:
                 fix_ctx = build_context(root, ledger, settings.profile.time_budget, failure_of(root, exp))
-                outcome, _ = _attempt(root, agent, fix_ctx, rule, view, done, prefix="fix: ")
+                outcome, _ = _attempt(root, agent, fix_ctx, run, view, done, prefix="fix: ")
                 if outcome is not None:
                     done += 1
                     if _interrupted(outcome):
@@ -176,12 +184,12 @@ def _interrupted(outcome: Outcome) -> bool:
     return outcome.experiment.error_class == "interrupted"
 
 
-def _iteration(root, ledger, agent, settings, rule, view, done):
+def _iteration(root, ledger, agent, settings, run, view, done):
     ctx = build_context(root, ledger, settings.profile.time_budget)
-    return _attempt(root, agent, ctx, rule, view, done)
+    return _attempt(root, agent, ctx, run, view, done)
 
 
-def _attempt(root: Path, agent, ctx: agents.Context, rule: str, view: View, done: int, prefix: str = ""):
+def _attempt(root: Path, agent, ctx: agents.Context, run, view: View, done: int, prefix: str = ""):
     """Ask for one proposal, apply it, run it; (None, None) if the agent produced nothing runnable."""
     view.event(f"#{done + 1}: asking {agent.name} for a proposal")
     try:
@@ -194,7 +202,7 @@ def _attempt(root: Path, agent, ctx: agents.Context, rule: str, view: View, done
         (root / "train.py").write_text(proposal.train_py)
     description = prefix + proposal.description
     view.event(f"#{done + 1}: running: {description}")
-    outcome = run_experiment(root, description, rule, meta=_meta(agent, proposal))
+    outcome = run(description, meta=_meta(agent, proposal))
     if outcome.experiment.status == "rejected":
         _put_aside(root, outcome.experiment)
     agent.observe(outcome.experiment)
@@ -213,6 +221,13 @@ def _put_aside(root: Path, exp: Experiment) -> None:
         git(root, "reset", "--quiet", "--soft", exp.parent)  # its commits too, as uncommitted changes
     git(root, "stash", "push", "--include-untracked", "--quiet", "-m",
         f"autoresearch: out-of-scope changes of rejected experiment {exp.id}", check=False)
+    quarantine = root / QUARANTINE / f"{exp.id:04d}"
+    for folder in HIDING_PLACES:  # code hidden where git does not look: kept, out of the guard's way
+        for path in sorted((root / folder).rglob("*")) if (root / folder).is_dir() else []:
+            if path.suffix in CODE_SUFFIXES and path.is_file() and QUARANTINE not in path.relative_to(root).as_posix():
+                target = quarantine / path.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                path.replace(target.with_name(target.name + ".quarantined"))
 
 
 def _restore_frontier(root: Path) -> None:

@@ -113,6 +113,10 @@ def recover(root: Path, ledger: Ledger, reason: str = "the harness process died"
     pgids = [state["pgid"]] if state and state.get("pgid") else []
     if killed := procs.kill_owned(root, pgids):
         messages.append(f"killed {killed} leftover process(es) of the interrupted run")
+    from .noise import unpark
+
+    if (note := unpark(root)) is not None:
+        messages.append(note)
     if state is None:
         for exp in ledger.running():  # a row whose journal was never written
             _mark_interrupted(ledger, exp, reason)

@@ -37,7 +37,7 @@ FIG_INCHES = (16, 8)
 FIG_DPI = 100
 LABEL_CHARS = 45
 VALID = ("keep", "discard")          # statuses that carry a val_bpb
-FAILED = ("crash", "timeout")
+FAILED = ("crash", "timeout", "invalid")
 DISCARD_COLOR = "#bbbbbb"
 BRANCH_COLORS = ("#2ecc71", "#3498db", "#e67e22", "#9b59b6", "#e74c3c", "#16a085", "#d4ac0d", "#34495e")
 BEST_COLOR_SINGLE = "#27ae60"
@@ -289,6 +289,7 @@ def summary(rows: list[Experiment]) -> dict:
         "discarded": sum(r.status == "discard" for r in ran),
         "crashed": sum(r.status == "crash" for r in ran),
         "timed_out": sum(r.status == "timeout" for r in ran),
+        "invalid": sum(r.status == "invalid" for r in ran),
         "rejected": len(finished) - len(ran),
         "keep_rate": len(kept) / len(ran) if ran else None,
         "crash_rate": sum(failures.values()) / len(ran) if ran else None,
@@ -315,6 +316,7 @@ th[data-dir=asc]::after{content:" \\25B2"}th[data-dir=desc]::after{content:" \\2
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}td{word-break:break-word}
 tr.keep td.st{color:#1e8449;font-weight:600}tr.discard td.st{color:#888}tr.crash td.st{color:#c0392b}
 tr.timeout td.st{color:#b9770e}tr.rejected td.st{color:#8e44ad}tr.running td.st{color:#2471a3}
+tr.invalid td.st{color:#d35400;font-weight:600}.warn{background:#fdf2e9!important;color:#a04000}
 pre.diff{background:#fbfbfb;border:1px solid #eee;padding:8px;overflow-x:auto;font-size:12px;line-height:1.35}
 pre.diff .add{color:#1e7d32;background:#eefbee}pre.diff .del{color:#b71c1c;background:#fdeeee}pre.diff .hunk{color:#6a1b9a}
 .kept{margin:14px 0}.kept h3{font-size:15px;margin:0 0 4px}
@@ -347,7 +349,8 @@ _JS = """
 
 _COLUMNS = (  # key, header, numeric
     ("id", "id", True), ("branch", "branch", False), ("commit", "commit", False), ("status", "status", False),
-    ("val_bpb", "val_bpb", True), ("delta", "delta", True), ("memory_gb", "mem GB", True),
+    ("val_bpb", "val_bpb", True), ("delta", "delta", True), ("test_bpb", "test_bpb", True),
+    ("samples", "runs", True), ("memory_gb", "mem GB", True),
     ("training_seconds", "train s", True), ("total_seconds", "total s", True), ("steps", "steps", True),
     ("params_m", "params M", True), ("error_class", "class", False), ("description", "description", False),
     ("started_at", "started", True),
@@ -367,9 +370,9 @@ def _cell(key: str, exp: Experiment) -> str:
     if key == "started_at":
         shown = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value else "-"
         return f'<td class="num" data-v="{_e(value if value is not None else "")}">{shown}</td>'
-    if key in ("id", "steps"):
+    if key in ("id", "steps", "samples"):
         return f'<td class="num">{_e(value if value is not None else "")}</td>'
-    numeric = {"val_bpb": ".6f", "delta": "+.6f", "memory_gb": ".2f", "training_seconds": ".1f",
+    numeric = {"val_bpb": ".6f", "delta": "+.6f", "test_bpb": ".6f", "memory_gb": ".2f", "training_seconds": ".1f",
                "total_seconds": ".1f", "params_m": ".2f"}
     if key in numeric:
         if value is None:
@@ -407,13 +410,23 @@ def render_html(root: Path, rows: list[Experiment], progress: Progress, png: byt
     by_class = ", ".join(f"{_e(k)} {100 * v:.0f} %" for k, v in s["crash_rate_by_class"].items()) or "none"
     cards += [
         f"<div>experiments<b>{s['experiments']}</b>{s['kept']} kept, {s['discarded']} discarded, "
-        f"{s['crashed']} crashed, {s['timed_out']} timed out, {s['rejected']} rejected</div>",
+        f"{s['crashed']} crashed, {s['timed_out']} timed out, {s['invalid']} invalid, "
+        f"{s['rejected']} rejected</div>",
         f"<div>experiments / hour<b>{_fmt(s['experiments_per_hour'], '.1f')}</b>over "
         f"{_duration(s['span_seconds'])} of wall time</div>",
         f"<div>keep rate<b>{rate(s['keep_rate'])}</b>of the experiments that ran</div>",
         f"<div>crash rate<b>{rate(s['crash_rate'])}</b>{by_class}</div>",
         f"<div>total time spent<b>{_duration(s['time_spent_seconds'])}</b>summed over experiments</div>",
     ]
+    line = lineage(root)
+    if line["overfit"]:
+        cards.insert(0, f'<div class="warn" id="overfit">val improves, test worsens<b>'
+                     f'test {_fmt(line["baseline_test_bpb"])} &rarr; {_fmt(line["frontier_test_bpb"])}</b>'
+                     f'while val_bpb went {_fmt(line["baseline_bpb"])} &rarr; {_fmt(line["frontier_bpb"])}: '
+                     f'the branch may be fitting the validation set</div>')
+    if line["noise_std"] is not None:
+        cards.append(f'<div id="noise">noise floor (std of one run)<b>{line["noise_std"]:.6f}</b>'
+                     f'pooled over repeated runs, {line["noise_dof"]} degrees of freedom</div>')
     heads = "".join(f'<th data-key="{k}"{" class=num" if num else ""}>{_e(h)}</th>' for k, h, num in _COLUMNS)
     body = "\n".join(f'<tr class="{_e(r.status)}" data-id="{r.id}">' + "".join(_cell(k, r) for k, _, _ in _COLUMNS)
                      + "</tr>" for r in rows)
@@ -425,6 +438,7 @@ def render_html(root: Path, rows: list[Experiment], progress: Progress, png: byt
         kept_parts.append(
             f'<div class="kept" id="kept-{r.id}"><h3>#{r.id} <code>{_e(r.short)}</code> '
             f"{_e(r.description)}</h3><div>val_bpb {_fmt(r.val_bpb)} &middot; {versus} &middot; "
+            f"test_bpb {_fmt(r.test_bpb)} &middot; {_e(r.reason)} &middot; "
             f"branch {_e(r.branch)} &middot; parent <code>{_e(r.parent[:7] or '-')}</code></div>"
             f"<details{' open' if len(kept_parts) < 20 else ''}><summary>diff of train.py against its parent"
             f"</summary>{_diff_html(train_diff(root, r))}</details></div>")
@@ -493,6 +507,8 @@ def status_json(root: Path) -> dict:
             "best_val_bpb": s["best_val_bpb"], "frontier": frontier.commit if frontier else None,
             "frontier_id": frontier.id if frontier else None,
             "frontier_val_bpb": frontier.val_bpb if frontier else None,
+            "frontier_test_bpb": frontier.test_bpb if frontier else None,
+            "noise_std": s["noise_std"], "noise_dof": s["noise_dof"], "overfit": s["overfit"],
             "rows": [_row_dict(r) for r in s["rows"]]}
 
 
@@ -581,22 +597,45 @@ def lineage(root: Path, branch: str | None = None) -> dict:
         chain = [(r, "") for r in sorted(kept.values(), key=lambda r: r.id)]
     steps = []
     baseline = chain[0][0].val_bpb if chain else None
-    previous = None
+    previous = previous_test = None
     for exp, date in chain:
         delta = exp.val_bpb - previous if previous is not None and exp.val_bpb is not None else None
         total = exp.val_bpb - baseline if baseline is not None and exp.val_bpb is not None else None
         if not date and exp.finished_at:
             date = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(exp.finished_at))
+        test_delta = (exp.test_bpb - previous_test if previous_test is not None and exp.test_bpb is not None
+                      else None)
         steps.append({"id": exp.id, "commit": exp.commit, "short": exp.short, "date": date,
                       "description": exp.description, "val_bpb": exp.val_bpb, "delta": delta,
-                      "delta_from_baseline": total})
+                      "delta_from_baseline": total, "test_bpb": exp.test_bpb, "test_delta": test_delta,
+                      "samples": exp.samples, "reason": exp.reason,
+                      "val_up_test_down": delta is not None and test_delta is not None and delta < 0 < test_delta})
         previous = exp.val_bpb if exp.val_bpb is not None else previous
+        previous_test = exp.test_bpb if exp.test_bpb is not None else previous_test
     frontier = steps[-1] if steps else None
     improvement = (baseline - frontier["val_bpb"]) if frontier and baseline is not None else None
+    tested = [st for st in steps if st["test_bpb"] is not None]
+    base_test = tested[0]["test_bpb"] if tested else None
+    front_test = tested[-1]["test_bpb"] if tested else None
+    overfit = (len(tested) > 1 and tested[-1]["val_bpb"] < tested[0]["val_bpb"] and front_test > base_test)
+    noise = _noise_floor(root, branch)
     return {"branch": branch, "baseline_bpb": baseline, "frontier_bpb": frontier["val_bpb"] if frontier else None,
             "frontier": frontier["commit"] if frontier else None, "improvement": improvement,
             "improvement_pct": 100 * improvement / baseline if improvement is not None and baseline else None,
+            "baseline_test_bpb": base_test, "frontier_test_bpb": front_test, "overfit": overfit,
+            "flagged_steps": [st["id"] for st in steps if st["val_up_test_down"]],
+            "noise_std": noise.std if noise else None, "noise_dof": noise.dof if noise else 0,
             "steps": steps}
+
+
+def _noise_floor(root: Path, branch: str):
+    from .selection import pooled_noise
+
+    ledger = Ledger(root)
+    try:
+        return pooled_noise(ledger.sample_groups(branch))
+    finally:
+        ledger.close()
 
 
 def format_lineage(data: dict) -> str:
@@ -604,11 +643,20 @@ def format_lineage(data: dict) -> str:
         return f"branch {data['branch'] or '-'}: nothing kept yet"
     pct = f", {-data['improvement_pct']:+.2f} %" if data["improvement_pct"] is not None else ""
     out = [f"branch {data['branch']}: {len(data['steps'])} kept, val_bpb {_fmt(data['baseline_bpb'])} -> "
-           f"{_fmt(data['frontier_bpb'])} ({_fmt(data['improvement'] and -data['improvement'], '+.6f')}{pct})", ""]
+           f"{_fmt(data['frontier_bpb'])} ({_fmt(data['improvement'] and -data['improvement'], '+.6f')}{pct}); "
+           f"test_bpb {_fmt(data['baseline_test_bpb'])} -> {_fmt(data['frontier_test_bpb'])}"]
+    if data["noise_std"] is not None:
+        out.append(f"noise floor: std {data['noise_std']:.6f} of one run ({data['noise_dof']} dof)")
+    if data["overfit"]:
+        out.append("WARNING: val_bpb improved while test_bpb got worse: the branch may be fitting the validation set")
+    out.append("")
+    out.append(f"{'commit':7s}  {'date':16s}  {'val_bpb':8s}  {'delta':>9s}  {'test_bpb':8s}  {'delta':>9s}")
     for st in data["steps"]:
         delta = "baseline " if st["delta"] is None else f"{st['delta']:+.6f}"
+        tdelta = "" if st["test_delta"] is None else f"{st['test_delta']:+.6f}"
+        flag = "  <- val better, test worse" if st["val_up_test_down"] else ""
         out.append(f"{st['short']}  {st['date'][:16].replace('T', ' '):16s}  {_fmt(st['val_bpb'])}  {delta:>9s}  "
-                   f"#{st['id']}  {st['description']}")
+                   f"{_fmt(st['test_bpb'])}  {tdelta:>9s}  #{st['id']}  {st['description']}{flag}")
     return "\n".join(out)
 
 

@@ -11,9 +11,11 @@ from rich.table import Table
 
 from .git import current_branch
 from .ledger import Ledger
+from .report import lineage
+from .selection import pooled_noise
 
 STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red", "timeout": "yellow",
-                "rejected": "magenta", "running": "cyan"}
+                "rejected": "magenta", "running": "cyan", "invalid": "bold red"}
 
 
 def summarize(root: Path) -> dict:
@@ -23,9 +25,13 @@ def summarize(root: Path) -> dict:
     frontier = ledger.frontier(branch)
     kept = [r for r in rows if r.status == "keep"]
     valid = [r.val_bpb for r in rows if r.val_bpb is not None and r.status in ("keep", "discard")]
+    noise = pooled_noise(ledger.sample_groups(branch))
     ledger.close()
+    line = lineage(root, branch)
     return {"branch": branch, "rows": rows, "experiments": len(rows), "kept": len(kept),
-            "best_val_bpb": min(valid) if valid else None, "frontier": frontier}
+            "best_val_bpb": min(valid) if valid else None, "frontier": frontier,
+            "noise_std": noise.std if noise else None, "noise_dof": noise.dof if noise else 0,
+            "overfit": line["overfit"], "lineage": line}
 
 
 def print_status(root: Path, last: int = 15) -> None:
@@ -34,17 +40,28 @@ def print_status(root: Path, last: int = 15) -> None:
     console = Console(soft_wrap=True, no_color=not tty, width=None if tty else 4096)
     frontier = s["frontier"]
     best = f"{s['best_val_bpb']:.6f}" if s["best_val_bpb"] is not None else "-"
+    test = f", test_bpb {frontier.test_bpb:.6f}" if frontier and frontier.test_bpb is not None else ""
     console.print(f"branch {s['branch']}: {s['experiments']} experiments, {s['kept']} kept, best val_bpb {best}, "
-                  f"frontier {frontier.short if frontier else '-'}", highlight=False)
+                  f"frontier {frontier.short if frontier else '-'}{test}", highlight=False)
+    if s["noise_std"] is not None:
+        console.print(f"noise floor: std {s['noise_std']:.6f} of one run ({s['noise_dof']} dof)", highlight=False)
+    if s["overfit"]:
+        line = s["lineage"]
+        console.print(f"[bold yellow]warning:[/] val_bpb improved ({line['baseline_bpb']:.6f} -> "
+                      f"{line['frontier_bpb']:.6f}) while test_bpb got worse ({line['baseline_test_bpb']:.6f} -> "
+                      f"{line['frontier_test_bpb']:.6f}): the branch may be fitting the validation set",
+                      highlight=False)
     table = Table(box=box.SIMPLE_HEAD if sys.stdout.isatty() else None, pad_edge=False)
-    for col in ("id", "commit", "status", "val_bpb", "delta", "mem GB", "train s", "class", "description"):
-        table.add_column(col, justify="right" if col in ("id", "val_bpb", "delta", "mem GB", "train s") else "left",
+    for col in ("id", "commit", "status", "val_bpb", "delta", "test_bpb", "mem GB", "train s", "class", "description"):
+        table.add_column(col, justify="right" if col in ("id", "val_bpb", "delta", "test_bpb", "mem GB", "train s")
+                         else "left",
                          no_wrap=col == "description", overflow="ellipsis")
     for r in s["rows"][-last:]:
         delta = (f"{r.val_bpb - r.frontier_bpb:+.6f}" if r.val_bpb is not None and r.frontier_bpb is not None else "")
         style = STATUS_STYLE.get(r.status, "")
         table.add_row(str(r.id), r.short or "-", f"[{style}]{r.status}[/]" if style else r.status,
                       f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-", delta,
+                      f"{r.test_bpb:.6f}" if r.test_bpb is not None else "-",
                       f"{r.memory_gb:.2f}" if r.memory_gb is not None else "-",
                       f"{r.training_seconds:.1f}" if r.training_seconds is not None else "-",
                       r.error_class or "", r.description)

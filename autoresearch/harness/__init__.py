@@ -1,6 +1,7 @@
 """The frozen harness: the only API train.py may import (`from autoresearch.harness import ...`).
 
     MAX_SEQ_LEN, TIME_BUDGET, EVAL_TOKENS, VOCAB_SIZE   the workspace profile's constants
+    SEED                                                42, or the seed of a repeat run (noise, confirmation)
     Tokenizer.from_directory()                          the workspace's BPE tokenizer
     make_dataloader(tokenizer, B, T, split="train")     BOS-aligned best-fit packing, train split only
     start_clock()                                       the training clock (budget = TIME_BUDGET)
@@ -33,6 +34,12 @@ def __getattr__(name: str):
     """Profile constants come from the workspace; torch-heavy names load on first use."""
     import importlib
 
+    if name == "SEED":
+        import os
+
+        from .protocol import DEFAULT_SEED, SEED_ENV
+
+        return int(os.environ.get(SEED_ENV) or DEFAULT_SEED)
     if name in _CONSTANTS:
         from . import context
 

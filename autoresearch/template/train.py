@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autoresearch.harness import (
-    MAX_SEQ_LEN, TIME_BUDGET, Tokenizer, make_dataloader, peak_flops, peak_memory_mb, start_clock, submit,
+    MAX_SEQ_LEN, SEED, TIME_BUDGET, Tokenizer, make_dataloader, peak_flops, peak_memory_mb, start_clock, submit,
 )
 
 # ---------------------------------------------------------------------------
@@ -52,7 +52,8 @@ FINAL_LR_FRAC = 0.0        # final LR as a fraction of the initial LR
 # Model size
 DEPTH = 8                  # number of transformer layers
 DEVICE_BATCH_SIZE = 128    # rows per forward/backward (reduce if out of memory)
-SEED = 42                  # random seed of weights and data order
+# The random seed of weights and data order is SEED from the harness: 42, or another one when the harness
+# repeats a run to measure noise. A seed that only got lucky does not survive the noise-aware keep rule.
 
 # ---------------------------------------------------------------------------
 # Device: one place decides precision, kernels and compilation
