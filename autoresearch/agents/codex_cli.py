@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import hashlib
 import re
 import time
 import tomllib
@@ -106,8 +108,8 @@ class CodexAgent:
         binary = self._binary()
         root = Path(self.workspace or context.workspace)
         started = time.monotonic()
-        run = run_cli(self.command(binary, root), prompt_for_cli(context), root, dict(os.environ), self.timeout,
-                      what="codex")
+        env = dict(os.environ, PATH=path_without_bwrap(os.environ.get("PATH", "")))
+        run = run_cli(self.command(binary, root), prompt_for_cli(context), root, env, self.timeout, what="codex")
         events = parse_events(run.stdout)
         if run.returncode != 0 or events.failure:
             detail = events.failure or stderr_gist(run.stderr) or run.stdout
@@ -123,6 +125,35 @@ class CodexAgent:
 
     def observe(self, experiment) -> None:
         """Nothing to learn: every proposal starts from the ledger's history in the prompt."""
+
+
+def path_without_bwrap(path: str) -> str:
+    """PATH with every folder holding `bwrap` replaced by a copy of links to all of it but `bwrap`.
+
+    Codex 0.169 runs its file edits inside a system bubblewrap when it finds one on PATH, and those edits
+    then fail under our permission profile ("Failed to write file"); without one it enforces the same
+    profile itself (tests/test_agents_cli.py checks that it does). Our own sandbox needs bubblewrap
+    installed, so Codex is shown a PATH without it.
+    """
+    from ..harness.paths import cache_dir
+
+    folders = []
+    for folder in path.split(os.pathsep):
+        if not folder or not (Path(folder) / "bwrap").exists():
+            folders.append(folder)
+            continue
+        shadow = cache_dir() / "codex-path" / hashlib.sha256(folder.encode()).hexdigest()[:16]
+        if not shadow.is_dir() or shadow.stat().st_mtime < Path(folder).stat().st_mtime:
+            tmp = shadow.with_name(shadow.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for entry in Path(folder).iterdir():
+                if entry.name != "bwrap":
+                    (tmp / entry.name).symlink_to(entry)
+            shutil.rmtree(shadow, ignore_errors=True)
+            tmp.replace(shadow)
+        folders.append(str(shadow))
+    return os.pathsep.join(folders)
 
 
 class Events:
