@@ -221,7 +221,8 @@ def _run(settings: Settings, ledger: Ledger, exp: Experiment, journal: Journal, 
     # Commit: one commit = one experiment
     git(root, "reset", "--quiet", "--soft", frontier_commit)
     git(root, "add", "--", CANDIDATE)
-    git(root, "commit", "--quiet", "--allow-empty", "-m", exp.description or "(no description)")
+    # no background `git gc --auto`: it would repack refs while train.py runs (and look like tampering)
+    git(root, "-c", "gc.auto=0", "commit", "--quiet", "--allow-empty", "-m", exp.description or "(no description)")
     exp.commit = git(root, "rev-parse", "HEAD")
     run_dir = root / "runs" / f"{exp.id:04d}"
     log_path = root / "runs" / f"{exp.id:04d}.log"

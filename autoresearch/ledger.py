@@ -150,9 +150,14 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
+    def checkpoint(self) -> None:
+        """Move the write-ahead log into the main file and empty it."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def reopen(self) -> None:
-        """After the files were put back from a snapshot (see tripwire.py)."""
+        """After the files were put back from a snapshot (tripwire.py): a fresh connection, a fresh index."""
         self.db.close()
+        Path(str(self.path) + "-shm").unlink(missing_ok=True)
         self._open()
 
     # -- rows -------------------------------------------------------------------------------------

@@ -89,7 +89,8 @@ def train_command(cmd: list[str], workspace: Path, run_dir: Path, profile_name: 
     tmp = run_dir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     cache = compile_cache()
-    env.update(TMPDIR=str(tmp), TORCHINDUCTOR_CACHE_DIR=str(cache), TRITON_CACHE_DIR=str(cache / "triton"))
+    env.update(TMPDIR=str(tmp), TORCHINDUCTOR_CACHE_DIR=str(cache), TRITON_CACHE_DIR=str(cache / "triton"),
+               HF_HUB_OFFLINE="1")  # no network inside: kernels (FA3 on CUDA) come from the local hub cache
     args = ["bwrap", *_BASE]
     args += ["--tmpfs", str(workspace)]
     for name in ("train.py", "autoresearch.toml"):

@@ -38,7 +38,7 @@ POLL_SECONDS = 0.05
 EXIT_GRACE = 30.0
 LOW_DISK_BYTES = 8 * 2**20
 PAUSE_ENV = "AUTORESEARCH_TEST_PAUSE"  # test seam: stop at a named phase so a test can SIGKILL us there
-INTEGRITY = {"graph", "causality"}     # evaluator failures that mean a broken rule, not a bug
+INTEGRITY = {"graph", "causality", "shape"}  # evaluator failures: the model breaks the contract
 
 
 def pause(phase: str, journal) -> None:
@@ -235,11 +235,14 @@ def measure(settings: Settings, run_dir: Path, log_path: Path, journal, seed: in
     state = root / ".autoresearch"
     scope = tripwire.Scope(root, profile.name, profile.dataset,
                            ignore=(journal.path, state / "lock", state / "ledger.sqlite-shm"))
+    if ledger is not None:
+        ledger.checkpoint()  # the ledger whole in one file, so it can be put back byte for byte
     before = tripwire.take(scope)
     try:
         watch = train(settings, run_dir, log_path, journal, seed, box)
     finally:
         shutil.rmtree(run_dir / "tmp", ignore_errors=True)  # the sandbox's private temp dir
+    procs.kill_owned(root)  # anything train.py started that left its process group (outside a sandbox)
     journal.write(**journal.data)  # the journal is the parent's: rewrite it whatever happened to the file
 
     sample.train_wall_seconds = round(watch.ended_at - watch.launched_at, 3)
@@ -258,6 +261,8 @@ def measure(settings: Settings, run_dir: Path, log_path: Path, journal, seed: in
         sample.export_seconds = round(watch.program_at - watch.submit_at, 2)
 
     if tampered := tripwire.changes(before, scope):
+        if ledger is not None:
+            ledger.close()
         sample.restored = tripwire.restore(before, scope, run_dir)
         if ledger is not None:
             ledger.reopen()

@@ -27,6 +27,7 @@ from .harness.paths import prepared_dir, raw_dir
 KEEP_BYTES = 2**20              # files up to this size are restorable...
 STATE_KEEP_BYTES = 64 * 2**20   # ...and the harness's own state (the ledger) up to this
 _WORKSPACE_SKIP = ("runs", "report", ".git/objects", ".git/logs", ".git/lfs")
+_WORKSPACE_SKIP_FILES = (".git/index",)  # a plain `git status` meanwhile may refresh it
 _STARTUP_NAMES = ("sitecustomize.py", "usercustomize.py")
 
 
@@ -86,8 +87,9 @@ class Scope:
 
 def take(scope: Scope) -> Snapshot:
     snap = Snapshot()
+    skip = {scope.workspace / name for name in _WORKSPACE_SKIP_FILES}
     for path in _walk(scope.workspace, _WORKSPACE_SKIP):
-        if path not in scope.ignore:
+        if path not in scope.ignore and path not in skip:
             state = path.parent.name == ".autoresearch"
             snap.add(path, "workspace", keep=True, limit=STATE_KEEP_BYTES if state else KEEP_BYTES)
     for path in _walk(_harness_dir()):

@@ -74,7 +74,7 @@ def test_crash_gets_one_fix_attempt_and_scope_violations_are_put_aside(lab, scri
         {"replace": ("DEPTH = 2 ", "DEPTH = 1 "), "description": "shallower"},            # the fix attempt
         {"write": {"program.md": "new rules\n", "notes.txt": "x\n"}, "description": "rewrite the rules"},
         {"fail": "the model said nothing useful"},
-        {"replace": ("SEED = 42 ", "SEED = 7 "), "description": "another seed"},
+        {"replace": ("torch.manual_seed(SEED)", "torch.manual_seed(7)"), "description": "another seed"},
     ])
     done = run_loop(lab, "scripted", Limits(max_experiments=5))
     assert done == 5

@@ -1,0 +1,265 @@
+"""The red team: every cheat in cheats.py goes through `autoresearch run` and must not be kept on a forged
+number. Each ends `rejected` (the guard), `invalid` (an integrity rule) or recorded with its true metric.
+
+Cheats that the sandbox blocks run twice: in the sandbox (blocked), and with `--sandbox off`, where the
+tripwire must still catch them and put everything back. The workspace is a copy of one made per session,
+with a 3 s budget, a baseline already kept, and a 20 s start-up cap (so the start-up cheat is quick).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import cheats
+from conftest import run_cli
+
+from autoresearch import sandbox
+
+pytestmark = pytest.mark.slow
+needs_sandbox = pytest.mark.skipif(sandbox.probe() != "", reason=f"no sandbox here: {sandbox.probe()}")
+
+
+def git(root, *args):
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def rows(root: Path) -> list[dict]:
+    db = sqlite3.connect(root / ".autoresearch" / "ledger.sqlite")
+    db.row_factory = sqlite3.Row
+    out = [dict(r) for r in db.execute("SELECT * FROM experiments ORDER BY id")]
+    db.close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def baseline_lab(cache_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("redteam") / "lab"
+    assert run_cli("init", str(root), "--profile", "cpu", "--budget", "3", "--tag", "t", cwd=root.parent).returncode == 0
+    settings = root / "autoresearch.toml"
+    settings.write_text(settings.read_text().replace("startup_cap = 120.0", "startup_cap = 20.0"))
+    git(root, "commit", "-qam", "start-up cap 20 s for the red team")
+    assert run_cli("prepare", cwd=root).returncode == 0
+    done = run_cli("run", "-m", "baseline", "--rule", "strict", cwd=root)
+    assert done.returncode == 0 and done.stdout.startswith("keep"), done.stdout + done.stderr
+    return root
+
+
+@pytest.fixture
+def lab(baseline_lab, tmp_path) -> Path:
+    root = tmp_path / "lab"
+    shutil.copytree(baseline_lab, root, symlinks=True)
+    return root
+
+
+def attempt(lab: Path, cheat, *extra: str) -> tuple[subprocess.CompletedProcess, dict, str]:
+    """Apply the cheat to train.py, run it, return the CLI result, its ledger row and its log."""
+    path = lab / "train.py"
+    path.write_text(cheat(path.read_text()))
+    done = run_cli("run", "-m", cheat.__name__, "--rule", "strict", *extra, cwd=lab)
+    row = rows(lab)[-1]
+    log = (lab / row["log_path"]).read_text(errors="replace") if row["log_path"] else ""
+    return done, row, log
+
+
+def assert_true_metric(row: dict, baseline: dict) -> None:
+    """A real score of a real (tiny) model, from the harness: not the forged 0.001 / 0.0001."""
+    assert row["status"] in ("keep", "discard"), row
+    assert 0.5 < row["val_bpb"] < 10, row
+    assert row["frontier_bpb"] == pytest.approx(baseline["val_bpb"]), "the bar was moved"
+
+
+def assert_untouched_record(lab: Path, baseline: dict) -> None:
+    all_rows = rows(lab)
+    assert all_rows[0]["val_bpb"] == baseline["val_bpb"]
+    assert not any(r["description"] == "forged" for r in all_rows)
+    tsv = (lab / "results.tsv").read_text()
+    assert "forged" not in tsv and "0.001000" not in tsv and tsv.startswith("commit\tval_bpb")
+
+
+# -- what the harness never reads ------------------------------------------------------------------
+
+
+def test_fake_printed_val_bpb_is_ignored(lab):
+    baseline = rows(lab)[0]
+    done, row, log = attempt(lab, cheats.fake_print)
+    assert "val_bpb: 0.000100" in log
+    assert_true_metric(row, baseline)
+    assert "0.000100" not in (lab / "results.tsv").read_text() and "0.000100" not in done.stdout
+
+
+def test_monkeypatched_harness_in_train_py_changes_nothing(lab):
+    baseline = rows(lab)[0]
+    _, row, log = attempt(lab, cheats.monkeypatch_harness)
+    assert "CHEAT: patched the harness in this process" in log
+    assert_true_metric(row, baseline)
+
+
+# -- the record and the frozen files -----------------------------------------------------------------
+
+
+@needs_sandbox
+def test_writing_the_ledger_is_impossible_in_the_sandbox(lab):
+    baseline = rows(lab)[0]
+    _, row, log = attempt(lab, cheats.write_ledger)
+    assert "CHEAT blocked (ledger)" in log and "CHEAT blocked (results.tsv)" in log
+    assert row["sandbox"] == "bwrap"
+    assert_true_metric(row, baseline)
+    assert_untouched_record(lab, baseline)
+
+
+def test_writing_the_ledger_outside_the_sandbox_is_invalid_and_undone(lab):
+    baseline = rows(lab)[0]
+    done, row, log = attempt(lab, cheats.write_ledger, "--sandbox", "off")
+    assert "CHEAT: wrote the ledger" in log and "CHEAT: wrote results.tsv" in log
+    assert row["sandbox"] == "none"
+    assert (row["status"], row["error_class"]) == ("invalid", "tamper"), row
+    assert done.returncode == 6 and "results.tsv" in row["error_excerpt"]
+    assert_untouched_record(lab, baseline)
+    assert (lab / "runs" / f"{row['id']:04d}" / "tampered" / "results.tsv").read_text().endswith("forged\n")
+    assert git(lab, "status", "--porcelain") == ""
+
+
+@needs_sandbox
+def test_editing_the_harness_or_settings_is_impossible_in_the_sandbox(lab):
+    from autoresearch.harness import evaluate
+
+    original = Path(evaluate.__file__).read_bytes()
+    baseline = rows(lab)[0]
+    _, row, log = attempt(lab, cheats.edit_harness)
+    assert "CHEAT blocked (harness)" in log and "CHEAT blocked (settings)" in log
+    assert Path(evaluate.__file__).read_bytes() == original
+    assert_true_metric(row, baseline)
+
+
+def test_editing_the_harness_outside_the_sandbox_is_invalid_and_undone(lab):
+    from autoresearch.harness import evaluate
+
+    source = Path(evaluate.__file__)
+    original = source.read_bytes()
+    settings = (lab / "autoresearch.toml").read_bytes()
+    try:
+        done, row, log = attempt(lab, cheats.edit_harness, "--sandbox", "off")
+        assert "CHEAT: edited the harness" in log and "CHEAT: edited autoresearch.toml" in log
+        assert (row["status"], row["error_class"]) == ("invalid", "tamper"), row
+        assert source.read_bytes() == original, "the harness was not put back"
+        assert (lab / "autoresearch.toml").read_bytes() == settings
+        # the next experiment runs on the restored harness, with nothing to repair by hand
+        (lab / "train.py").write_text(git(lab, "show", "HEAD:train.py") + "\n")
+        again = run_cli("run", "-m", "honest again", "--rule", "strict", "--sandbox", "off", cwd=lab)
+        assert again.returncode == 0, again.stdout + again.stderr
+    finally:
+        if source.read_bytes() != original:  # never leave the checkout modified, whatever failed
+            source.write_bytes(original)
+
+
+def test_a_new_file_imported_by_train_py_is_rejected(lab):
+    (lab / "helper.py").write_text("print('helper code outside train.py')\n")
+    done, row, _ = attempt(lab, cheats.import_helper)
+    assert (row["status"], row["error_class"]) == ("rejected", "scope") and "helper.py" in row["error_excerpt"]
+    assert done.returncode == 5 and row["commit"] == ""
+
+
+def test_a_helper_hidden_in_an_ignored_folder_is_rejected(lab):
+    (lab / "runs" / "helper.py").write_text("print('hidden where git does not look')\n")
+    path = lab / "train.py"
+    path.write_text(path.read_text().replace("import os\n", "import os, sys\nsys.path.insert(0, 'runs')\n", 1))
+    done, row, _ = attempt(lab, cheats.import_helper)
+    assert (row["status"], row["error_class"]) == ("rejected", "scope") and "runs/helper.py" in row["error_excerpt"]
+
+
+def test_editing_the_settings_before_the_run_is_rejected(lab):
+    settings = lab / "autoresearch.toml"
+    settings.write_text(settings.read_text().replace("eval_tokens = 65536", "eval_tokens = 8192"))
+    done, row, _ = attempt(lab, lambda text: text)
+    assert (row["status"], row["error_class"]) == ("rejected", "scope") and "autoresearch.toml" in row["error_excerpt"]
+    assert "eval_tokens = 8192" in settings.read_text(), "the user's edit is theirs: never reverted silently"
+
+
+# -- the model ----------------------------------------------------------------------------------------
+
+
+def test_removing_the_causal_mask_is_invalid(lab):
+    done, row, _ = attempt(lab, cheats.no_causal_mask)
+    assert (row["status"], row["error_class"]) == ("invalid", "causality"), row
+    assert row["val_bpb"] is None and done.returncode == 6
+
+
+def test_perfect_logits_from_the_next_token_are_invalid(lab):
+    _, row, _ = attempt(lab, cheats.perfect_logits)
+    assert (row["status"], row["error_class"]) == ("invalid", "causality"), row
+
+
+def test_a_model_returning_its_own_loss_is_invalid(lab):
+    _, row, _ = attempt(lab, cheats.own_loss)
+    assert (row["status"], row["error_class"]) == ("invalid", "shape"), row
+
+
+# -- time --------------------------------------------------------------------------------------------
+
+
+def test_ignoring_the_clock_is_stopped_and_invalid(lab):
+    done, row, _ = attempt(lab, cheats.ignore_clock)
+    assert (row["status"], row["error_class"]) == ("invalid", "budget"), row
+    assert row["training_seconds"] < 3 + 5 + 1  # budget + slack, seen by the parent
+
+
+def test_slowing_the_clock_from_inside_is_stopped_and_invalid(lab):
+    _, row, _ = attempt(lab, cheats.patch_clock)
+    assert (row["status"], row["error_class"]) == ("invalid", "budget"), row
+
+
+def test_training_before_the_clock_beyond_the_cap_is_stopped_and_invalid(lab):
+    _, row, log = attempt(lab, cheats.train_before_clock)
+    assert (row["status"], row["error_class"]) == ("invalid", "start-up-cap"), row
+    assert "CHEAT: trained" not in log and row["train_wall_seconds"] < 20 + 5 + 2
+
+
+def test_training_on_in_a_thread_after_submit_and_exporting_again_is_invalid(lab):
+    _, row, log = attempt(lab, cheats.train_after_submit)
+    assert (row["status"], row["error_class"]) == ("invalid", "resubmitted"), row
+
+
+# -- data and processes ----------------------------------------------------------------------------
+
+
+@needs_sandbox
+def test_validation_and_test_data_are_not_visible_to_train_py(lab):
+    baseline = rows(lab)[0]
+    _, row, log = attempt(lab, cheats.read_validation)
+    for what in ("val.bin", "test.bin", "corpus", "training on val"):
+        assert f"CHEAT blocked ({what})" in log, log[-2000:]
+    assert "CHEAT: read" not in log
+    assert_true_metric(row, baseline)
+
+
+@pytest.mark.parametrize("mode", [pytest.param("auto", marks=needs_sandbox), "off"])
+def test_a_detached_process_does_not_outlive_the_run(lab, mode):
+    baseline = rows(lab)[0]
+    _, row, log = attempt(lab, cheats.detached_process, "--sandbox", mode)
+    assert "CHEAT: started a detached process" in log
+    run_dir = lab / "runs" / f"{row['id']:04d}"
+    seen = sorted(run_dir.glob("alive-*"))
+    assert seen, "the detached process never ran"
+    time.sleep(1.5)
+    assert sorted(run_dir.glob("alive-*")) == seen, "something is still writing after the run ended"
+    assert_true_metric(row, baseline)
+
+
+def test_a_seed_change_alone_is_legal_and_judged_by_the_noise_rule(lab):
+    path = lab / "train.py"
+    path.write_text(cheats.seed_only(path.read_text()))
+    done = run_cli("run", "-m", "seed only", "--rule", "noise", "--noise-runs", "2", cwd=lab)
+    assert done.returncode == 0, done.stdout + done.stderr
+    row = rows(lab)[-1]
+    assert row["status"] in ("keep", "discard") and row["rule"] == "noise"
+    assert row["reason"].startswith("noise:") and "sigma" in row["reason"], row["reason"]
+    db = sqlite3.connect(lab / ".autoresearch" / "ledger.sqlite")
+    kinds = [k for (k,) in db.execute("SELECT kind FROM runs ORDER BY id")]
+    db.close()
+    assert kinds.count("noise") == 2 and kinds.count("experiment") == 1  # the floor was measured first
