@@ -102,7 +102,11 @@ def train_command(cmd: list[str], workspace: Path, run_dir: Path, profile_name: 
         if (data / name).exists():
             args += ["--ro-bind", str(data / name), str(data / name)]
     args += _hide(_package_corpus()) + _hide(raw_dir(dataset))
-    args += ["--bind", str(cache), str(cache), "--chdir", str(workspace), "--"]
+    args += ["--bind", str(cache), str(cache)]
+    args += ["--remount-ro", str(workspace)]  # the stand-in folders are empty and read-only, too
+    if cache_dir().exists():
+        args += ["--remount-ro", str(cache_dir())]
+    args += ["--chdir", str(workspace), "--"]
     return args + cmd
 
 

@@ -135,7 +135,8 @@ def restore(before: Snapshot, scope: Scope, evidence: Path) -> list[str]:
             data_touched = True
             continue
         if path.exists():
-            aside = evidence / "tampered" / _show(path, scope.workspace).lstrip("/")
+            # kept as evidence, under a name that is neither code nor a file the harness reads
+            aside = evidence / "tampered" / (_show(path, scope.workspace).lstrip("/") + ".tampered")
             aside.parent.mkdir(parents=True, exist_ok=True)
             path.replace(aside)
         if path in before.content:

@@ -93,7 +93,7 @@ class _OwnLoss(nn.Module):
         self.inner = inner
 
     def forward(self, idx):
-        return self.inner(idx[:, :-1], idx[:, 1:])
+        return self.inner(idx[:, :-1].contiguous(), idx[:, 1:].contiguous())
 
 
 model = _OwnLoss(model)
