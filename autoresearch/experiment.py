@@ -289,6 +289,8 @@ def _decide(settings: Settings, ledger: Ledger, exp: Experiment, journal: Journa
     exp.val_bpb = statistics.fmean(values)
     exp.samples = len(values)
     exp.status, exp.reason = decision.verdict, decision.reason
+    if first.note:
+        exp.reason += f" ({first.note})"
 
 
 def _score_test(settings: Settings, exp: Experiment, sample: Sample, box: str) -> None:

@@ -82,3 +82,11 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "autoresearch.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def new_lab(root: Path, budget: float = 4, tag: str = "t") -> Path:
+    """`autoresearch init` + `prepare` through the real CLI: a cpu workspace with a short budget."""
+    done = run_cli("init", str(root), "--profile", "cpu", "--budget", f"{budget:g}", "--tag", tag, cwd=root.parent)
+    assert done.returncode == 0, done.stderr
+    assert run_cli("prepare", cwd=root).returncode == 0
+    return root

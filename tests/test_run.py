@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import new_lab, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +55,7 @@ def run(root: Path, message: str, env: dict | None = None) -> subprocess.Complet
 
 @pytest.fixture
 def lab(cache_dir, tmp_path):
-    root = tmp_path / "lab"
-    assert run_cli("init", str(root), "--profile", "cpu", "--budget", "4", "--tag", "t", cwd=tmp_path).returncode == 0
-    assert run_cli("prepare", cwd=root).returncode == 0
-    return root
+    return new_lab(tmp_path / "lab", budget=4)
 
 
 SLOW_LR = ("EMBEDDING_LR = 0.6 ", "EMBEDDING_LR = 0.0006 "), ("MATRIX_LR = 0.04 ", "MATRIX_LR = 0.00004 "), \

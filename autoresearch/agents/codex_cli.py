@@ -31,11 +31,11 @@ Codex edits the files itself, so the Proposal carries no text (train_py=None). T
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
-import hashlib
 import re
+import shutil
 import time
 import tomllib
 from pathlib import Path

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import cheats
-from conftest import run_cli
+from conftest import new_lab, run_cli
 
 from autoresearch import sandbox
 
@@ -39,12 +39,10 @@ def rows(root: Path) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def baseline_lab(cache_dir, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("redteam") / "lab"
-    assert run_cli("init", str(root), "--profile", "cpu", "--budget", "3", "--tag", "t", cwd=root.parent).returncode == 0
+    root = new_lab(tmp_path_factory.mktemp("redteam") / "lab", budget=3)
     settings = root / "autoresearch.toml"
     settings.write_text(settings.read_text().replace("startup_cap = 120.0", "startup_cap = 20.0"))
     git(root, "commit", "-qam", "start-up cap 20 s for the red team")
-    assert run_cli("prepare", cwd=root).returncode == 0
     done = run_cli("run", "-m", "baseline", "--rule", "strict", cwd=root)
     assert done.returncode == 0 and done.stdout.startswith("keep"), done.stdout + done.stderr
     return root
