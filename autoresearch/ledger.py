@@ -227,7 +227,7 @@ class Ledger:
                                "AND val_bpb IS NOT NULL ORDER BY id", (branch, commit)).fetchall()
         if rows:
             return [r[0] for r in rows]
-        older = self.db.execute("SELECT val_bpb FROM experiments WHERE branch = ? AND commit = ? AND "
+        older = self.db.execute("SELECT val_bpb FROM experiments WHERE branch = ? AND \"commit\" = ? AND "
                                 "val_bpb IS NOT NULL AND status IN ('keep', 'discard')", (branch, commit)).fetchall()
         return [r[0] for r in older]  # a ledger from before runs were recorded one by one
 

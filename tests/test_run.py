@@ -109,22 +109,11 @@ def test_baseline_keep_better_keep_worse_discard(lab):
     assert "3 experiments, 2 kept" in status.stdout and frontier[:7] in status.stdout
 
 
-def test_printed_val_bpb_is_never_the_recorded_metric(lab):
-    with open(lab / "train.py", "a") as f:
-        f.write('\nprint("---")\nprint("val_bpb:          0.000100")\n')
-    proc = run(lab, "forge the summary")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (row,) = rows(lab)
-    assert row["val_bpb"] > 1.0
-    assert "0.000100" not in (lab / "results.tsv").read_text()
-
-
 @pytest.mark.parametrize("name, change, status, error_class", [
     ("syntax", ("import gc\n", "import gc\ndef broken(:\n"), "crash", "syntax"),
     ("import", ("import gc\n", "import gc\nimport not_a_module_anywhere\n"), "crash", "import"),
     ("exception", ("t_start = time.time()\n", "t_start = time.time()\nraise RuntimeError('boom')\n"), "crash", "exception"),
     ("nan", ("EMBEDDING_LR = 0.6 ", "EMBEDDING_LR = float('nan') "), "crash", "nan"),
-    ("loop", ("clock = start_clock()\n", "clock = start_clock()\nwhile True:\n    pass\n"), "timeout", "budget"),
 ])
 def test_failures_are_recorded_with_their_class(lab, name, change, status, error_class):
     assert run(lab, "baseline").returncode == 0
@@ -139,8 +128,6 @@ def test_failures_are_recorded_with_their_class(lab, name, change, status, error
     assert tsv(lab)[-1][1:4] == ["0.000000", "0.0", status]
     assert git(lab, "rev-parse", "HEAD") == frontier and git(lab, "status", "--porcelain") == ""
     assert git(lab, "rev-parse", "--verify", "refs/autoresearch/discarded/0002")
-    if name == "loop":  # the parent stopped it: budget 4 s + 5 s slack, well under the hard timeout
-        assert last["total_seconds"] < 60
 
 
 def test_edits_outside_train_py_are_rejected_and_nothing_is_touched(lab):

@@ -3,7 +3,7 @@ number. Each ends `rejected` (the guard), `invalid` (an integrity rule) or recor
 
 Cheats that the sandbox blocks run twice: in the sandbox (blocked), and with `--sandbox off`, where the
 tripwire must still catch them and put everything back. The workspace is a copy of one made per session,
-with a 3 s budget, a baseline already kept, and a 20 s start-up cap (so the start-up cheat is quick).
+with a 3 s budget, a baseline already kept, and a 15 s start-up cap (so the start-up cheat is quick).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def rows(root: Path) -> list[dict]:
 def baseline_lab(cache_dir, tmp_path_factory) -> Path:
     root = new_lab(tmp_path_factory.mktemp("redteam") / "lab", budget=3)
     settings = root / "autoresearch.toml"
-    settings.write_text(settings.read_text().replace("startup_cap = 120.0", "startup_cap = 20.0"))
-    git(root, "commit", "-qam", "start-up cap 20 s for the red team")
+    settings.write_text(settings.read_text().replace("startup_cap = 120.0", "startup_cap = 15.0"))
+    git(root, "commit", "-qam", "start-up cap 15 s for the red team")
     done = run_cli("run", "-m", "baseline", "--rule", "strict", cwd=root)
     assert done.returncode == 0 and done.stdout.startswith("keep"), done.stdout + done.stderr
     return root
@@ -72,6 +72,26 @@ def assert_true_metric(row: dict, baseline: dict) -> None:
     assert row["frontier_bpb"] == pytest.approx(baseline["val_bpb"]), "the bar was moved"
 
 
+def compose(*changes):
+    """Several cheats in one train.py (each leaves the others' anchors in place)."""
+    def apply(text: str) -> str:
+        for change in changes:
+            text = change(text)
+        return text
+
+    apply.__name__ = "+".join(c.__name__ for c in changes)
+    return apply
+
+
+def assert_nothing_outlived(lab: Path, row: dict, log: str) -> None:
+    assert "CHEAT: started a detached process" in log
+    run_dir = lab / "runs" / f"{row['id']:04d}"
+    seen = sorted(run_dir.glob("alive-*"))
+    assert seen, "the detached process never ran"
+    time.sleep(1.5)
+    assert sorted(run_dir.glob("alive-*")) == seen, "something is still writing after the run ended"
+
+
 def assert_untouched_record(lab: Path, baseline: dict) -> None:
     all_rows = rows(lab)
     assert all_rows[0]["val_bpb"] == baseline["val_bpb"]
@@ -83,70 +103,56 @@ def assert_untouched_record(lab: Path, baseline: dict) -> None:
 # -- what the harness never reads ------------------------------------------------------------------
 
 
-def test_fake_printed_val_bpb_is_ignored(lab):
+def test_printed_numbers_and_in_process_patches_never_reach_the_record(lab):
     baseline = rows(lab)[0]
-    done, row, log = attempt(lab, cheats.fake_print)
-    assert "val_bpb: 0.000100" in log
+    done, row, log = attempt(lab, compose(cheats.fake_print, cheats.monkeypatch_harness))
+    assert "val_bpb: 0.000100" in log and "CHEAT: patched the harness in this process" in log
     assert_true_metric(row, baseline)
     assert "0.000100" not in (lab / "results.tsv").read_text() and "0.000100" not in done.stdout
 
 
-def test_monkeypatched_harness_in_train_py_changes_nothing(lab):
-    baseline = rows(lab)[0]
-    _, row, log = attempt(lab, cheats.monkeypatch_harness)
-    assert "CHEAT: patched the harness in this process" in log
-    assert_true_metric(row, baseline)
-
-
-# -- the record and the frozen files -----------------------------------------------------------------
+# -- the record, the frozen files, the held-out data, other processes ------------------------------
 
 
 @needs_sandbox
-def test_writing_the_ledger_is_impossible_in_the_sandbox(lab):
-    baseline = rows(lab)[0]
-    _, row, log = attempt(lab, cheats.write_ledger)
-    assert "CHEAT blocked (ledger)" in log and "CHEAT blocked (results.tsv)" in log
-    assert row["sandbox"] == "bwrap"
-    assert_true_metric(row, baseline)
-    assert_untouched_record(lab, baseline)
-
-
-def test_writing_the_ledger_outside_the_sandbox_is_invalid_and_undone(lab):
-    baseline = rows(lab)[0]
-    done, row, log = attempt(lab, cheats.write_ledger, "--sandbox", "off")
-    assert "CHEAT: wrote the ledger" in log and "CHEAT: wrote results.tsv" in log
-    assert row["sandbox"] == "none"
-    assert (row["status"], row["error_class"]) == ("invalid", "tamper"), row
-    assert done.returncode == 6 and "results.tsv" in row["error_excerpt"]
-    assert_untouched_record(lab, baseline)
-    assert (lab / "runs" / f"{row['id']:04d}" / "tampered" / "results.tsv.tampered").read_text().endswith("forged\n")
-    assert git(lab, "status", "--porcelain") == ""
-
-
-@needs_sandbox
-def test_editing_the_harness_or_settings_is_impossible_in_the_sandbox(lab):
+def test_in_the_sandbox_the_record_harness_data_and_host_are_out_of_reach(lab):
     from autoresearch.harness import evaluate
 
     original = Path(evaluate.__file__).read_bytes()
     baseline = rows(lab)[0]
-    _, row, log = attempt(lab, cheats.edit_harness)
-    assert "CHEAT blocked (harness)" in log and "CHEAT blocked (settings)" in log
+    _, row, log = attempt(lab, compose(cheats.write_ledger, cheats.edit_harness, cheats.read_validation,
+                                       cheats.detached_process))
+    assert row["sandbox"] == "bwrap"
+    for what in ("ledger", "results.tsv", "harness", "settings", "val.bin", "test.bin", "corpus",
+                 "training on val"):
+        assert f"CHEAT blocked ({what})" in log, (what, log[-3000:])
+    assert "CHEAT: read" not in log and "CHEAT: wrote" not in log and "CHEAT: edited" not in log
     assert Path(evaluate.__file__).read_bytes() == original
     assert_true_metric(row, baseline)
+    assert_untouched_record(lab, baseline)
+    assert_nothing_outlived(lab, row, log)
 
 
-def test_editing_the_harness_outside_the_sandbox_is_invalid_and_undone(lab):
+def test_outside_the_sandbox_tampering_is_invalid_and_undone(lab):
     from autoresearch.harness import evaluate
 
     source = Path(evaluate.__file__)
     original = source.read_bytes()
+    baseline = rows(lab)[0]
     settings = (lab / "autoresearch.toml").read_bytes()
     try:
-        done, row, log = attempt(lab, cheats.edit_harness, "--sandbox", "off")
-        assert "CHEAT: edited the harness" in log and "CHEAT: edited autoresearch.toml" in log
+        done, row, log = attempt(lab, compose(cheats.write_ledger, cheats.edit_harness), "--sandbox", "off")
+        for what in ("wrote the ledger", "wrote results.tsv", "edited the harness", "edited autoresearch.toml"):
+            assert f"CHEAT: {what}" in log
+        assert row["sandbox"] == "none"
         assert (row["status"], row["error_class"]) == ("invalid", "tamper"), row
+        assert done.returncode == 6 and "results.tsv" in row["error_excerpt"] and "evaluate.py" in row["error_excerpt"]
+        assert_untouched_record(lab, baseline)
         assert source.read_bytes() == original, "the harness was not put back"
         assert (lab / "autoresearch.toml").read_bytes() == settings
+        evidence = lab / "runs" / f"{row['id']:04d}" / "tampered"
+        assert (evidence / "results.tsv.tampered").read_text().endswith("forged\n")
+        assert git(lab, "status", "--porcelain") == ""
         # the next experiment runs on the restored harness, with nothing to repair by hand
         (lab / "train.py").write_text(git(lab, "show", "HEAD:train.py") + "\n")
         again = run_cli("run", "-m", "honest again", "--rule", "strict", "--sandbox", "off", cwd=lab)
@@ -154,6 +160,13 @@ def test_editing_the_harness_outside_the_sandbox_is_invalid_and_undone(lab):
     finally:
         if source.read_bytes() != original:  # never leave the checkout modified, whatever failed
             source.write_bytes(original)
+
+
+def test_outside_the_sandbox_a_detached_process_is_killed_with_the_run(lab):
+    baseline = rows(lab)[0]
+    _, row, log = attempt(lab, cheats.detached_process, "--sandbox", "off")
+    assert_nothing_outlived(lab, row, log)
+    assert_true_metric(row, baseline)
 
 
 def test_a_new_file_imported_by_train_py_is_rejected(lab):
@@ -215,7 +228,7 @@ def test_slowing_the_clock_from_inside_is_stopped_and_invalid(lab):
 def test_training_before_the_clock_beyond_the_cap_is_stopped_and_invalid(lab):
     _, row, log = attempt(lab, cheats.train_before_clock)
     assert (row["status"], row["error_class"]) == ("invalid", "start-up-cap"), row
-    assert "CHEAT: trained" not in log and row["train_wall_seconds"] < 20 + 5 + 2
+    assert "CHEAT: trained" not in log and row["train_wall_seconds"] < 15 + 5 + 2
 
 
 def test_training_on_in_a_thread_after_submit_and_exporting_again_is_invalid(lab):
@@ -223,36 +236,10 @@ def test_training_on_in_a_thread_after_submit_and_exporting_again_is_invalid(lab
     assert (row["status"], row["error_class"]) == ("invalid", "resubmitted"), row
 
 
-# -- data and processes ----------------------------------------------------------------------------
-
-
-@needs_sandbox
-def test_validation_and_test_data_are_not_visible_to_train_py(lab):
-    baseline = rows(lab)[0]
-    _, row, log = attempt(lab, cheats.read_validation)
-    for what in ("val.bin", "test.bin", "corpus", "training on val"):
-        assert f"CHEAT blocked ({what})" in log, log[-2000:]
-    assert "CHEAT: read" not in log
-    assert_true_metric(row, baseline)
-
-
-@pytest.mark.parametrize("mode", [pytest.param("auto", marks=needs_sandbox), "off"])
-def test_a_detached_process_does_not_outlive_the_run(lab, mode):
-    baseline = rows(lab)[0]
-    _, row, log = attempt(lab, cheats.detached_process, "--sandbox", mode)
-    assert "CHEAT: started a detached process" in log
-    run_dir = lab / "runs" / f"{row['id']:04d}"
-    seen = sorted(run_dir.glob("alive-*"))
-    assert seen, "the detached process never ran"
-    time.sleep(1.5)
-    assert sorted(run_dir.glob("alive-*")) == seen, "something is still writing after the run ended"
-    assert_true_metric(row, baseline)
-
-
 def test_a_seed_change_alone_is_legal_and_judged_by_the_noise_rule(lab):
     path = lab / "train.py"
     path.write_text(cheats.seed_only(path.read_text()))
-    done = run_cli("run", "-m", "seed only", "--rule", "noise", "--noise-runs", "2", cwd=lab)
+    done = run_cli("run", "-m", "seed only", "--rule", "noise", "--noise-runs", "1", cwd=lab)
     assert done.returncode == 0, done.stdout + done.stderr
     row = rows(lab)[-1]
     assert row["status"] in ("keep", "discard") and row["rule"] == "noise"
@@ -261,4 +248,4 @@ def test_a_seed_change_alone_is_legal_and_judged_by_the_noise_rule(lab):
     kinds = [k for (k,) in db.execute("SELECT kind FROM runs ORDER BY id")]
     db.close()
     # the baseline's run, then the floor measured first, then the candidate (and its confirmation, if any)
-    assert kinds[:4] == ["experiment", "noise", "noise", "experiment"] and set(kinds[4:]) <= {"confirm"}
+    assert kinds[:3] == ["experiment", "noise", "experiment"] and set(kinds[3:]) <= {"confirm"}
