@@ -9,11 +9,11 @@ The workspace lock (an flock, released by the kernel even on SIGKILL) keeps two 
 
 from __future__ import annotations
 
-import os
 import signal
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +24,7 @@ from .harness.protocol import DEFAULT_SEED, PROGRAM_FILE
 from .harness.settings import Settings, harness_fingerprint
 from .ledger import Experiment, Ledger
 from .recovery import Journal, WorkspaceLock, preserve, recover
-from .trial import (CANDIDATE, PAUSE_ENV, POLL_SECONDS, Sample, classify_crash, evaluate, log_tail,  # noqa: F401
-                    measure, parse_summary, pause)
+from .trial import CANDIDATE, Sample, evaluate, measure, pause
 from .workspace import WorkspaceError
 
 EXIT_CODES = {"keep": 0, "discard": 0, "crash": 3, "timeout": 4, "rejected": 5, "invalid": 6}
@@ -130,19 +129,27 @@ def start_experiment(settings: Settings, ledger: Ledger, description: str) -> tu
     return exp, frontier_commit
 
 
+@contextmanager
+def session(root: Path, sandbox_mode: str | None):
+    """What every command that trains does first: settings, sandbox, the lock, recovery, the frozen checks.
+    Yields (settings, ledger, sandbox); the lock is held until the block ends."""
+    settings = Settings.load(root)
+    box = sandbox.resolve(sandbox_mode)
+    with WorkspaceLock(settings.root):
+        ledger = Ledger(settings.root)
+        for message in recover(settings.root, ledger):
+            print(f"recover: {message}", file=sys.stderr)
+        check_frozen(settings)
+        yield settings, ledger, box
+
+
 def run_experiment(root: Path, description: str, rule: str = "strict", meta: dict | None = None,
                    sandbox_mode: str | None = None, noise_runs: int = NOISE_RUNS) -> Outcome:
     """One experiment on the workspace's current train.py; `meta` adds agent fields to its ledger row."""
     if rule not in selection.RULES:
         raise WorkspaceError(f"unknown keep rule {rule!r} (known: {', '.join(selection.RULES)})")
-    settings = Settings.load(root)
-    root = settings.root
-    box = sandbox.resolve(sandbox_mode)
-    with WorkspaceLock(root):
-        ledger = Ledger(root)
-        for message in recover(root, ledger):
-            print(f"recover: {message}", file=sys.stderr)
-        check_frozen(settings)
+    with session(root, sandbox_mode) as (settings, ledger, box):
+        root = settings.root
         if rule == "noise" and ledger.frontier(workspace_branch(root)) is not None:
             from .noise import ensure_noise_floor
 

@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import sandbox, selection
+from . import selection
 from .git import git
 from .harness.protocol import DEFAULT_SEED, PROGRAM_FILE
 from .harness.settings import Settings
 from .ledger import Ledger
-from .recovery import Journal, WorkspaceLock, recover
+from .recovery import Journal
 from .trial import CANDIDATE, measure
 from .workspace import WorkspaceError
 
@@ -111,16 +111,10 @@ def unpark(root: Path) -> str | None:
 
 def run_noise(root: Path, runs: int, sandbox_mode: str | None = None) -> dict:
     """`autoresearch noise`: measure the floor on the frontier; the tree must hold the frontier's train.py."""
-    from .experiment import check_frozen, workspace_branch
+    from .experiment import session, workspace_branch
 
-    settings = Settings.load(root)
-    root = settings.root
-    box = sandbox.resolve(sandbox_mode)
-    with WorkspaceLock(root):
-        ledger = Ledger(root)
-        for message in recover(root, ledger):
-            print(f"recover: {message}", file=sys.stderr)
-        check_frozen(settings)
+    with session(root, sandbox_mode) as (settings, ledger, box):
+        root = settings.root
         frontier = ledger.frontier(workspace_branch(root))
         if frontier is not None and git(root, "status", "--porcelain", "--", CANDIDATE):
             raise WorkspaceError("train.py has edits that are not the frontier's; the noise floor is measured on "

@@ -153,7 +153,7 @@ def recover(root: Path, ledger: Ledger, reason: str = "the harness process died"
 
 
 def _mark_interrupted(ledger: Ledger, exp: Experiment, reason: str) -> None:
-    from .experiment import log_tail
+    from .trial import log_tail
 
     exp.status, exp.error_class = "crash", "interrupted"
     exp.reason = reason

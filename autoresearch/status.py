@@ -12,7 +12,6 @@ from rich.table import Table
 from .git import current_branch
 from .ledger import Ledger
 from .report import lineage
-from .selection import pooled_noise
 
 STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red", "timeout": "yellow",
                 "rejected": "magenta", "running": "cyan", "invalid": "bold red"}
@@ -25,12 +24,11 @@ def summarize(root: Path) -> dict:
     frontier = ledger.frontier(branch)
     kept = [r for r in rows if r.status == "keep"]
     valid = [r.val_bpb for r in rows if r.val_bpb is not None and r.status in ("keep", "discard")]
-    noise = pooled_noise(ledger.sample_groups(branch))
     ledger.close()
     line = lineage(root, branch)
     return {"branch": branch, "rows": rows, "experiments": len(rows), "kept": len(kept),
             "best_val_bpb": min(valid) if valid else None, "frontier": frontier,
-            "noise_std": noise.std if noise else None, "noise_dof": noise.dof if noise else 0,
+            "noise_std": line["noise_std"], "noise_dof": line["noise_dof"],
             "overfit": line["overfit"], "lineage": line}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -24,30 +25,28 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+def _session_env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    yield
+    if old is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = old
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_compile_in_subprocesses():
     """Training runs in tests skip torch.compile (its warm-cache start alone costs seconds per run): the
     harness behaviour under test does not depend on it. test_train_e2e runs the compiled path for real."""
-    old = os.environ.get("TORCHDYNAMO_DISABLE")
-    os.environ["TORCHDYNAMO_DISABLE"] = "1"
-    yield
-    if old is None:
-        os.environ.pop("TORCHDYNAMO_DISABLE", None)
-    else:
-        os.environ["TORCHDYNAMO_DISABLE"] = old
+    yield from _session_env("TORCHDYNAMO_DISABLE", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def strict_rule_unless_asked():
     """Engine tests check one experiment against one frontier, so they use the original strict rule; the
     noise-aware default (which first measures a noise floor) is tested where a test asks for it."""
-    old = os.environ.get("AUTORESEARCH_RULE")
-    os.environ["AUTORESEARCH_RULE"] = "strict"
-    yield
-    if old is None:
-        os.environ.pop("AUTORESEARCH_RULE", None)
-    else:
-        os.environ["AUTORESEARCH_RULE"] = old
+    yield from _session_env("AUTORESEARCH_RULE", "strict")
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +81,19 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "autoresearch.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def git(root, *args) -> str:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def rows(root: Path) -> list[dict]:
+    """Every experiment row of a workspace's ledger, as dicts, oldest first."""
+    db = sqlite3.connect(root / ".autoresearch" / "ledger.sqlite")
+    db.row_factory = sqlite3.Row
+    out = [dict(r) for r in db.execute("SELECT * FROM experiments ORDER BY id")]
+    db.close()
+    return out
 
 
 def new_lab(root: Path, budget: float = 4, tag: str = "t") -> Path:

@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from conftest import new_lab, run_cli
+from conftest import git, new_lab, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def git(root, *args):
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
 
 @pytest.fixture

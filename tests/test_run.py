@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import new_lab, run_cli
+from conftest import git, new_lab, rows, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def git(root, *args):
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def rows(root: Path) -> list[dict]:
-    db = sqlite3.connect(root / ".autoresearch" / "ledger.sqlite")
-    db.row_factory = sqlite3.Row
-    out = [dict(r) for r in db.execute("SELECT * FROM experiments ORDER BY id")]
-    db.close()
-    return out
 
 
 def tsv(root: Path) -> list[list[str]]:
@@ -94,7 +81,7 @@ def test_baseline_keep_better_keep_worse_discard(lab):
     assert r[1]["val_bpb"] < r[0]["val_bpb"] and r[2]["val_bpb"] > r[1]["val_bpb"]
     assert r[1]["parent"] == base_commit and r[2]["parent"] == frontier
     # the parent sees the clock start and the submit by polling, so its figure is exact to 2 poll periods
-    from autoresearch.experiment import POLL_SECONDS
+    from autoresearch.trial import POLL_SECONDS
 
     assert all(x["training_seconds"] >= 4.0 - 2 * POLL_SECONDS for x in r), [x["training_seconds"] for x in r]
     assert all(x["training_seconds"] < 4.0 + 5.0 and x["total_seconds"] > x["training_seconds"] for x in r)

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 
 import pytest
 
 from autoresearch.harness.settings import Settings
 from autoresearch.workspace import WorkspaceError, default_tag, init_workspace, render_train_py
 from autoresearch.harness.profiles import get_profile
-from conftest import run_cli
-
-
-def git(root, *args):
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+from conftest import git, run_cli
 
 
 def test_init_creates_a_frozen_workspace(tmp_path):

@@ -17,24 +17,12 @@ from pathlib import Path
 import pytest
 
 import cheats
-from conftest import new_lab, run_cli
+from conftest import git, new_lab, rows, run_cli
 
 from autoresearch import sandbox
 
 pytestmark = pytest.mark.slow
 needs_sandbox = pytest.mark.skipif(sandbox.probe() != "", reason=f"no sandbox here: {sandbox.probe()}")
-
-
-def git(root, *args):
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-
-
-def rows(root: Path) -> list[dict]:
-    db = sqlite3.connect(root / ".autoresearch" / "ledger.sqlite")
-    db.row_factory = sqlite3.Row
-    out = [dict(r) for r in db.execute("SELECT * FROM experiments ORDER BY id")]
-    db.close()
-    return out
 
 
 @pytest.fixture(scope="session")
