@@ -141,10 +141,11 @@ def _strict(cand: list[float], front: list[float]) -> Decision:
 def _noise(cand: list[float], front: list[float], noise: NoiseFloor, max_samples: int) -> Decision:
     n_c, n_f = len(cand), len(front)
     gain = _mean(front) - _mean(cand)
+    sigma = max(noise.std, MIN_SIGMA)
     if gain <= 0:
         where = f"the frontier {_frontier_text(_mean(front), n_f)}"
-        return Decision("discard", f"noise: not better than {where} (delta {-gain:+.6f})")
-    sigma = max(noise.std, MIN_SIGMA)
+        return Decision("discard", f"noise: not better than {where} (delta {-gain:+.6f}, "
+                                   f"{-gain / sigma:.2f} x sigma {sigma:.6f}, dof {noise.dof})")
     t = t_quantile(noise.dof, 1 - look_level(max_samples))
     band = t * sigma * math.sqrt(1 / n_c + 1 / n_f)
     floor = f" (floor; measured {noise.std:.6f})" if noise.std < MIN_SIGMA else ""

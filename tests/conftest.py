@@ -43,6 +43,16 @@ def no_compile_in_subprocesses():
 
 
 @pytest.fixture(scope="session", autouse=True)
+def one_thread_per_worker():
+    """Under pytest-xdist, every worker's training runs share the machine: one torch thread each, so two
+    workers on two cores do not oversubscribe them (nothing under test depends on the thread count)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        yield from _session_env("OMP_NUM_THREADS", "1")
+    else:
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def strict_rule_unless_asked():
     """Engine tests check one experiment against one frontier, so they use the original strict rule; the
     noise-aware default (which first measures a noise floor) is tested where a test asks for it."""

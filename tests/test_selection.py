@@ -38,6 +38,7 @@ def test_noise_keeps_only_what_strict_keeps(cand, front, noise, max_samples):
         assert mean(cand) < mean(front) and decide(cand, front).keep
     if mean(cand) >= mean(front):
         assert decision.verdict == "discard" and "not better" in decision.reason
+    assert f"dof {noise.dof}" in decision.reason and "sigma" in decision.reason  # every verdict shows its floor
 
 
 @given(candidates, frontiers, floors, looks)

@@ -43,11 +43,11 @@ def lab(baseline_lab, tmp_path) -> Path:
     return root
 
 
-def attempt(lab: Path, cheat, *extra: str) -> tuple[subprocess.CompletedProcess, dict, str]:
+def attempt(lab: Path, cheat, *extra: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict, str]:
     """Apply the cheat to train.py, run it, return the CLI result, its ledger row and its log."""
     path = lab / "train.py"
     path.write_text(cheat(path.read_text()))
-    done = run_cli("run", "-m", cheat.__name__, "--rule", "strict", *extra, cwd=lab)
+    done = run_cli("run", "-m", cheat.__name__, "--rule", "strict", *extra, cwd=lab, env=env)
     row = rows(lab)[-1]
     log = (lab / row["log_path"]).read_text(errors="replace") if row["log_path"] else ""
     return done, row, log
@@ -102,52 +102,57 @@ def test_printed_numbers_and_in_process_patches_never_reach_the_record(lab):
 # -- the record, the frozen files, the held-out data, other processes ------------------------------
 
 
-@needs_sandbox
-def test_in_the_sandbox_the_record_harness_data_and_host_are_out_of_reach(lab):
-    from autoresearch.harness import evaluate
+@pytest.fixture
+def private_harness(tmp_path) -> tuple[dict, Path]:
+    """A copy of the package that the CLI (and so train.py) imports instead of the checkout: a cheat that edits
+    the installed evaluator edits the copy, so tests running beside this one never see a tampered harness."""
+    import autoresearch
 
-    original = Path(evaluate.__file__).read_bytes()
+    site = tmp_path / "site"
+    shutil.copytree(Path(autoresearch.__file__).parent, site / "autoresearch",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return {"PYTHONPATH": str(site)}, site / "autoresearch" / "harness" / "evaluate.py"
+
+
+@needs_sandbox
+def test_in_the_sandbox_the_record_harness_data_and_host_are_out_of_reach(lab, private_harness):
+    env, source = private_harness
+    original = source.read_bytes()
     baseline = rows(lab)[0]
     _, row, log = attempt(lab, compose(cheats.write_ledger, cheats.edit_harness, cheats.read_validation,
-                                       cheats.detached_process))
+                                       cheats.detached_process), env=env)
     assert row["sandbox"] == "bwrap"
     for what in ("ledger", "results.tsv", "harness", "settings", "val.bin", "test.bin", "corpus",
                  "training on val"):
         assert f"CHEAT blocked ({what})" in log, (what, log[-3000:])
     assert "CHEAT: read" not in log and "CHEAT: wrote" not in log and "CHEAT: edited" not in log
-    assert Path(evaluate.__file__).read_bytes() == original
+    assert source.read_bytes() == original
     assert_true_metric(row, baseline)
     assert_untouched_record(lab, baseline)
     assert_nothing_outlived(lab, row, log)
 
 
-def test_outside_the_sandbox_tampering_is_invalid_and_undone(lab):
-    from autoresearch.harness import evaluate
-
-    source = Path(evaluate.__file__)
+def test_outside_the_sandbox_tampering_is_invalid_and_undone(lab, private_harness):
+    env, source = private_harness
     original = source.read_bytes()
     baseline = rows(lab)[0]
     settings = (lab / "autoresearch.toml").read_bytes()
-    try:
-        done, row, log = attempt(lab, compose(cheats.write_ledger, cheats.edit_harness), "--sandbox", "off")
-        for what in ("wrote the ledger", "wrote results.tsv", "edited the harness", "edited autoresearch.toml"):
-            assert f"CHEAT: {what}" in log
-        assert row["sandbox"] == "none"
-        assert (row["status"], row["error_class"]) == ("invalid", "tamper"), row
-        assert done.returncode == 6 and "results.tsv" in row["error_excerpt"] and "evaluate.py" in row["error_excerpt"]
-        assert_untouched_record(lab, baseline)
-        assert source.read_bytes() == original, "the harness was not put back"
-        assert (lab / "autoresearch.toml").read_bytes() == settings
-        evidence = lab / "runs" / f"{row['id']:04d}" / "tampered"
-        assert (evidence / "results.tsv.tampered").read_text().endswith("forged\n")
-        assert git(lab, "status", "--porcelain") == ""
-        # the next experiment runs on the restored harness, with nothing to repair by hand
-        (lab / "train.py").write_text(git(lab, "show", "HEAD:train.py") + "\n")
-        again = run_cli("run", "-m", "honest again", "--rule", "strict", "--sandbox", "off", cwd=lab)
-        assert again.returncode == 0, again.stdout + again.stderr
-    finally:
-        if source.read_bytes() != original:  # never leave the checkout modified, whatever failed
-            source.write_bytes(original)
+    done, row, log = attempt(lab, compose(cheats.write_ledger, cheats.edit_harness), "--sandbox", "off", env=env)
+    for what in ("wrote the ledger", "wrote results.tsv", "edited the harness", "edited autoresearch.toml"):
+        assert f"CHEAT: {what}" in log
+    assert row["sandbox"] == "none"
+    assert (row["status"], row["error_class"]) == ("invalid", "tamper"), row
+    assert done.returncode == 6 and "results.tsv" in row["error_excerpt"] and str(source) in row["error_excerpt"]
+    assert_untouched_record(lab, baseline)
+    assert source.read_bytes() == original, "the harness was not put back"
+    assert (lab / "autoresearch.toml").read_bytes() == settings
+    evidence = lab / "runs" / f"{row['id']:04d}" / "tampered"
+    assert (evidence / "results.tsv.tampered").read_text().endswith("forged\n")
+    assert git(lab, "status", "--porcelain") == ""
+    # the next experiment runs on the restored harness, with nothing to repair by hand
+    (lab / "train.py").write_text(git(lab, "show", "HEAD:train.py") + "\n")
+    again = run_cli("run", "-m", "honest again", "--rule", "strict", "--sandbox", "off", cwd=lab, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
 
 
 def test_outside_the_sandbox_a_detached_process_is_killed_with_the_run(lab):
