@@ -112,7 +112,9 @@ NOISE_RUNS_HELP = "Repeats of the frontier when the noise floor must be measured
 
 
 def _rule_option():
-    return typer.Option("noise", "--rule", envvar="AUTORESEARCH_RULE", help=RULE_HELP)
+    from .selection import DEFAULT_RULE
+
+    return typer.Option(DEFAULT_RULE, "--rule", envvar="AUTORESEARCH_RULE", help=RULE_HELP)
 
 
 def _sandbox_option():

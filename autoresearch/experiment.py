@@ -143,7 +143,7 @@ def session(root: Path, sandbox_mode: str | None):
         yield settings, ledger, box
 
 
-def run_experiment(root: Path, description: str, rule: str = "strict", meta: dict | None = None,
+def run_experiment(root: Path, description: str, rule: str = selection.DEFAULT_RULE, meta: dict | None = None,
                    sandbox_mode: str | None = None, noise_runs: int = NOISE_RUNS) -> Outcome:
     """One experiment on the workspace's current train.py; `meta` adds agent fields to its ledger row."""
     if rule not in selection.RULES:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import agents
+from . import agents, selection
 from .experiment import CODE_SUFFIXES, HIDING_PLACES, NOISE_RUNS, QUARANTINE, Outcome, run_experiment
 from .noise import run_noise
 from .git import git
@@ -118,7 +118,7 @@ def _meta(agent, proposal: agents.Proposal | None) -> dict:
 
 
 def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = None, base_url: str | None = None,
-             rule: str = "strict", sandbox_mode: str | None = None, noise_runs: int = NOISE_RUNS,
+             rule: str = selection.DEFAULT_RULE, sandbox_mode: str | None = None, noise_runs: int = NOISE_RUNS,
              noise_every: int = 20) -> int:
     """The loop; returns the number of experiments run. Raises AgentUnavailable before starting."""
     settings = Settings.load(root)

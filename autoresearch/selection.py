@@ -21,6 +21,7 @@ from statistics import NormalDist
 from typing import Iterable, Sequence
 
 RULES = ("strict", "noise")
+DEFAULT_RULE = "noise"  # what `run` and `loop` use unless told otherwise
 VERDICTS = ("keep", "discard", "confirm")
 FALSE_KEEP = 0.05  # the noise rule's target: share of no-op edits kept, over all looks at a candidate
 MIN_SIGMA = 1e-4  # bpb, absolute (shift-invariant): a measured std of 0 must not make every tiny gain real
@@ -168,9 +169,6 @@ def decide(candidate: float | Sequence[float] | None, frontier: float | Sequence
     """
     if rule not in RULES:
         raise ValueError(f"unknown keep rule {rule!r} (known: {', '.join(RULES)})")
-    if rule == "noise" and noise is None:
-        raise ValueError("the noise rule needs a noise floor: repeat runs of unchanged code and pass "
-                         "pooled_noise(...) of their val_bpb before deciding with it")
     if max_samples < 1:
         raise ValueError(f"max_samples must be >= 1, not {max_samples}")
     cand = _samples(candidate)
@@ -180,6 +178,9 @@ def decide(candidate: float | Sequence[float] | None, frontier: float | Sequence
         return Decision("discard", "no valid result")
     if failed:
         return Decision("discard", f"no valid result in {failed} of {len(cand)} runs")
-    if not front:
+    if not front:  # under either rule: a baseline is compared with nothing, so it needs no noise floor
         return Decision("keep", "baseline: first experiment on this branch")
+    if rule == "noise" and noise is None:
+        raise ValueError("the noise rule needs a noise floor: repeat runs of unchanged code and pass "
+                         "pooled_noise(...) of their val_bpb before deciding with it")
     return _strict(cand, front) if rule == "strict" else _noise(cand, front, noise, max_samples)

@@ -52,13 +52,6 @@ def one_thread_per_worker():
         yield
 
 
-@pytest.fixture(scope="session", autouse=True)
-def strict_rule_unless_asked():
-    """Engine tests check one experiment against one frontier, so they use the original strict rule; the
-    noise-aware default (which first measures a noise floor) is tested where a test asks for it."""
-    yield from _session_env("AUTORESEARCH_RULE", "strict")
-
-
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """AUTORESEARCH_CACHE for the whole session, with the cpu profile prepared (embedded corpus)."""

@@ -26,7 +26,7 @@ def optuna_trials(root):
 
 
 def test_optuna_loop_records_experiments_and_only_improves(lab):
-    proc = run_cli("loop", "--agent", "optuna", "--max-experiments", "4", cwd=lab)
+    proc = run_cli("loop", "--agent", "optuna", "--max-experiments", "4", "--rule", "strict", cwd=lab)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = rows(lab)
     assert len(r) == 4 and r[0]["description"] == "baseline"
@@ -43,12 +43,12 @@ def test_optuna_loop_records_experiments_and_only_improves(lab):
 
     # a killed loop resumes: the study continues, no second baseline
     env = {**os.environ}
-    p = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "loop", "--max-experiments", "3"], cwd=lab, env=env,
+    p = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "loop", "--max-experiments", "3", "--rule", "strict"], cwd=lab, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_training(p, lab / "runs" / "0005.log")
     p.send_signal(signal.SIGKILL)
     p.wait()
-    again = run_cli("loop", "--max-experiments", "1", cwd=lab)
+    again = run_cli("loop", "--max-experiments", "1", "--rule", "strict", cwd=lab)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "recover:" in again.stderr
     r = rows(lab)
@@ -76,7 +76,7 @@ def test_crash_gets_one_fix_attempt_and_scope_violations_are_put_aside(lab, scri
         {"fail": "the model said nothing useful"},
         {"replace": ("torch.manual_seed(SEED)", "torch.manual_seed(7)"), "description": "another seed"},
     ])
-    done = run_loop(lab, "scripted", Limits(max_experiments=5))
+    done = run_loop(lab, "scripted", Limits(max_experiments=5), rule="strict")
     assert done == 5
     r = rows(lab)
     assert [x["status"] for x in r][:4] == ["keep", "crash", r[2]["status"], "rejected"]
@@ -107,7 +107,7 @@ def test_loop_refuses_to_start_on_foreign_changes_and_unknown_agents(lab):
 
 
 def test_ctrl_c_stops_the_loop_cleanly_and_it_resumes(lab):
-    p = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "loop", "--max-experiments", "3"], cwd=lab,
+    p = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "loop", "--max-experiments", "3", "--rule", "strict"], cwd=lab,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_training(p, lab / "runs" / "0002.log")
     p.send_signal(signal.SIGINT)
@@ -116,7 +116,7 @@ def test_ctrl_c_stops_the_loop_cleanly_and_it_resumes(lab):
     assert [x["status"] for x in r] == ["keep", "crash"] and r[1]["error_class"] == "interrupted"
     assert git(lab, "status", "--porcelain") == ""
     assert git(lab, "rev-parse", "HEAD") == r[0]["commit"]
-    again = run_cli("loop", "--max-experiments", "1", cwd=lab)
+    again = run_cli("loop", "--max-experiments", "1", "--rule", "strict", cwd=lab)
     assert again.returncode == 0 and len(rows(lab)) == 3
 
 
@@ -169,7 +169,7 @@ class ChatStandIn:
 def test_loop_with_an_openai_compatible_server(lab):
     with ChatStandIn() as server:
         proc = run_cli("loop", "--agent", "openai", "--base-url", server.url, "--model", "fake-model",
-                       "--max-experiments", "2", cwd=lab)
+                       "--max-experiments", "2", "--rule", "strict", cwd=lab)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     r = rows(lab)
     assert [x["description"] for x in r] == ["baseline", "depth 1 instead of 2"]

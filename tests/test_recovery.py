@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 def start_paused(root: Path, phase: str, message: str) -> subprocess.Popen:
     """`autoresearch run` that stops at `phase` (test seam) so it can be killed there."""
     env = {**os.environ, "AUTORESEARCH_TEST_PAUSE": phase}
-    proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", message], cwd=root, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", message, "--rule", "strict"], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     marker = root / ".autoresearch" / f"paused-{phase}"
     deadline = time.monotonic() + 240
@@ -128,7 +128,7 @@ def test_ctrl_c_during_training_records_and_resets(lab):
     assert run(lab, "baseline").returncode == 0
     frontier = git(lab, "rev-parse", "HEAD")
     edit(lab, "DEPTH = 2 ", "DEPTH = 1 ")
-    proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", "interrupted by hand"], cwd=lab,
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", "interrupted by hand", "--rule", "strict"], cwd=lab,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_training(proc, lab / "runs" / "0002.log")
     proc.send_signal(signal.SIGINT)

@@ -63,7 +63,7 @@ def lab(cache_dir, tmp_path_factory) -> Path:
     for text, message, verdict in ((crippled, DESCRIPTIONS[0], "keep"), (pristine, DESCRIPTIONS[1], "keep"),
                                    (crippled, DESCRIPTIONS[2], "discard"), (broken, DESCRIPTIONS[3], "crash")):
         train.write_text(text)
-        proc = run_cli("run", "-m", message, cwd=root)
+        proc = run_cli("run", "-m", message, "--rule", "strict", cwd=root)
         assert proc.stdout.startswith(verdict), proc.stdout + proc.stderr
     return root
 

@@ -37,7 +37,7 @@ def wait_for_training(proc: subprocess.Popen, log: Path, timeout: float = 180) -
 
 
 def run(root: Path, message: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return run_cli("run", "-m", message, cwd=root, env=env)
+    return run_cli("run", "-m", message, "--rule", "strict", cwd=root, env=env)
 
 
 @pytest.fixture
