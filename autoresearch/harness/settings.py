@@ -22,12 +22,28 @@ SETTINGS_FILE = "autoresearch.toml"
 WORKSPACE_ENV = "AUTORESEARCH_WORKSPACE"
 
 
-def harness_fingerprint() -> str:
-    """sha256 over the harness's own source files: an edited harness no longer matches."""
+PACKAGE_DIR = Path(__file__).resolve().parent.parent   # the installed `autoresearch` package
+
+# The metric's definition, versioned: a workspace is scored by the version it was created with.
+#   1  validation rows: documents in file order, best-fit packed (a biased sample: the first sources only)
+#   2  validation rows: documents in a content-hash order that mixes every source, cut into rows in sequence
+METRIC_VERSION = 2
+METRIC_VERSIONS = (1, 2)
+
+
+def package_files(root: Path = PACKAGE_DIR) -> list[Path]:
+    """Every file of the installed package that the parent or the evaluator may run or read, sorted."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                  and p.suffix not in (".pyc", ".pyo"))
+
+
+def harness_fingerprint(root: Path = PACKAGE_DIR) -> str:
+    """sha256 over every file of the installed `autoresearch` package (the harness, the parent that
+    decides, the templates and the corpus): an edited installation no longer matches."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
+    for path in package_files(root):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
 
 
@@ -37,6 +53,7 @@ class Settings:
     profile: Profile
     harness_version: str = __version__
     harness_fingerprint: str = ""
+    metric_version: int = METRIC_VERSION
     data: dict = field(default_factory=dict)   # data_fingerprint, tokenizer_fingerprint (after prepare)
 
     def dumps(self) -> str:
@@ -45,6 +62,7 @@ class Settings:
             "# fingerprints by the first `autoresearch prepare`. The harness refuses to run if they change.",
             f"harness_version = {json.dumps(self.harness_version)}",
             f"harness_fingerprint = {json.dumps(self.harness_fingerprint)}",
+            f"metric_version = {self.metric_version}",
             "",
             "[profile]",
         ]
@@ -73,6 +91,7 @@ class Settings:
             profile=Profile.from_dict(raw["profile"]),
             harness_version=raw.get("harness_version", ""),
             harness_fingerprint=raw.get("harness_fingerprint", ""),
+            metric_version=int(raw.get("metric_version", 1)),  # workspaces made before versioning: 1
             data=dict(raw.get("data", {})),
         )
 
