@@ -109,17 +109,32 @@ class LedgerError(RuntimeError):
 
 
 class Ledger:
-    def __init__(self, root: Path):
+    """The workspace's results store. `readonly=True` (status, show, report, lineage: commands a user may
+    run in another terminal while an experiment trains) opens it for reading only: no schema upgrade, no
+    write, no checkpoint when it closes."""
+
+    def __init__(self, root: Path, readonly: bool = False):
         self.root = Path(root)
         self.dir = self.root / STATE_DIR
         self.path = self.dir / LEDGER_FILE
         self.tsv = self.root / RESULTS_TSV
+        self.readonly = readonly and self.path.exists()  # a missing ledger is created (empty) either way
         self.dir.mkdir(exist_ok=True)
         self._open()
+
+    @property
+    def files(self) -> tuple[Path, Path, Path]:
+        """The database and SQLite's two companions (write-ahead log, shared-memory index)."""
+        return self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
 
     # -- connection -------------------------------------------------------------------------------
 
     def _open(self) -> None:
+        if self.readonly:
+            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                      isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            return
         try:
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.row_factory = sqlite3.Row
@@ -153,6 +168,14 @@ class Ledger:
     def checkpoint(self) -> None:
         """Move the write-ahead log into the main file and empty it."""
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def snapshot(self) -> bytes:
+        """The whole database as one file image, read through this connection.
+
+        The tripwire compares and restores the ledger through this, never by opening its files: closing
+        any other descriptor of a file drops every POSIX lock this process holds on it, SQLite's own
+        included, and the next connection to close would then think it was the last and delete the WAL."""
+        return self.db.serialize()
 
     def reopen(self) -> None:
         """After the files were put back from a snapshot (tripwire.py): a fresh connection, a fresh index."""

@@ -56,7 +56,7 @@ class MlflowUnavailable(ReportError):
 
 
 def _rows(root: Path) -> list[Experiment]:
-    ledger = Ledger(root)
+    ledger = Ledger(root, readonly=True)
     try:
         return ledger.all()
     finally:
@@ -631,7 +631,7 @@ def lineage(root: Path, branch: str | None = None) -> dict:
 def _noise_floor(root: Path, branch: str):
     from .selection import pooled_noise
 
-    ledger = Ledger(root)
+    ledger = Ledger(root, readonly=True)
     try:
         return pooled_noise(ledger.sample_groups(branch))
     finally:

@@ -18,7 +18,7 @@ STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red", "tim
 
 
 def summarize(root: Path) -> dict:
-    ledger = Ledger(root)
+    ledger = Ledger(root, readonly=True)
     branch = current_branch(root) or ""
     rows = ledger.all()
     frontier = ledger.frontier(branch)

@@ -233,10 +233,10 @@ def measure(settings: Settings, run_dir: Path, log_path: Path, journal, seed: in
     sample = Sample(seed, run_dir, log_path, sandbox=box)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = root / ".autoresearch"
-    scope = tripwire.Scope(root, profile.name, profile.dataset,
-                           ignore=(journal.path, state / "lock", state / "ledger.sqlite-shm"))
+    scope = tripwire.Scope(root, profile.name, profile.dataset, ignore=(journal.path, state / "lock"),
+                           ledger=ledger)
     if ledger is not None:
-        ledger.checkpoint()  # the ledger whole in one file, so it can be put back byte for byte
+        ledger.checkpoint()  # keep the write-ahead log short; the snapshot reads through the connection
     before = tripwire.take(scope)
     try:
         watch = train(settings, run_dir, log_path, journal, seed, box)
@@ -261,11 +261,7 @@ def measure(settings: Settings, run_dir: Path, log_path: Path, journal, seed: in
         sample.export_seconds = round(watch.program_at - watch.submit_at, 2)
 
     if tampered := tripwire.changes(before, scope):
-        if ledger is not None:
-            ledger.close()
         sample.restored = tripwire.restore(before, scope, run_dir)
-        if ledger is not None:
-            ledger.reopen()
         return sample.fail("invalid", "tamper", "train.py changed protected files: " + "; ".join(tampered[:20])
                            + ("\n" + "; ".join(sample.restored) if sample.restored else ""))
     if watch.violation:

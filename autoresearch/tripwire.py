@@ -8,10 +8,18 @@ difference marks the run `invalid`, and the harness puts the protected files bac
   workspace   every file except runs/, report/ and git's object store (the ledger, results.tsv, the
               settings, the journal, .git/config, hooks and refs included): restored from the bytes,
               the tampered copy kept under the run folder
-  harness     the installed harness package: restored the same way
+  harness     the whole installed `autoresearch` package (the parent that decides, not only
+              harness/): restored the same way
   data        the prepared splits and raw downloads (too big to copy): a tampered prepared folder is
               moved aside so the next run asks for `autoresearch prepare`
   python      site-packages entries that run code at interpreter start (*.pth, sitecustomize)
+
+The ledger is the one file the parent keeps open (SQLite, in WAL mode) while train.py runs, so it is
+never opened by the tripwire: on POSIX, closing ANY descriptor of a file drops every lock the process
+holds on it, SQLite's included, after which the next connection to close (the loop's, or a user's
+`autoresearch status` in another terminal) would believe it was the last and delete the write-ahead
+log. Its content is compared and restored through the open connection (`Ledger.snapshot()`), its file
+by `stat` alone; the write-ahead log and the shared-memory index are SQLite's working files, not state.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ class Snapshot:
     files: dict[Path, tuple] = field(default_factory=dict)      # path -> signature
     content: dict[Path, bytes] = field(default_factory=dict)    # restorable bytes
     kinds: dict[Path, str] = field(default_factory=dict)        # path -> workspace|harness|data|python
+    ledger: bytes | None = None                                  # the ledger's image, read through its connection
 
     def add(self, path: Path, kind: str, keep: bool, limit: int = KEEP_BYTES) -> None:
         try:
@@ -65,10 +74,10 @@ def _walk(root: Path, skip: tuple[str, ...] = ()) -> list[Path]:
     return found
 
 
-def _harness_dir() -> Path:
-    from . import harness
+def _package_dir() -> Path:
+    from .harness.settings import PACKAGE_DIR
 
-    return Path(harness.__file__).parent
+    return PACKAGE_DIR
 
 
 def _site_dirs() -> list[Path]:
@@ -83,17 +92,30 @@ class Scope:
     profile_name: str
     dataset: str
     ignore: tuple[Path, ...] = ()   # files the harness itself writes meanwhile (the journal)
+    ledger: object = None           # the open Ledger: its content is read through its connection
+
+
+def _ledger_files(scope: Scope) -> tuple[Path, ...]:
+    return scope.ledger.files if scope.ledger is not None else ()
 
 
 def take(scope: Scope) -> Snapshot:
     snap = Snapshot()
-    skip = {scope.workspace / name for name in _WORKSPACE_SKIP_FILES}
+    skip = {scope.workspace / name for name in _WORKSPACE_SKIP_FILES} | set(scope.ignore)
+    ledger_files = _ledger_files(scope)
+    skip |= set(ledger_files[1:])  # SQLite's working files; the content is checked through the connection
     for path in _walk(scope.workspace, _WORKSPACE_SKIP):
-        if path not in scope.ignore and path not in skip:
-            state = path.parent.name == ".autoresearch"
-            snap.add(path, "workspace", keep=True, limit=STATE_KEEP_BYTES if state else KEEP_BYTES)
-    for path in _walk(_harness_dir()):
-        snap.add(path, "harness", keep=path.suffix == ".py")
+        if path in skip:
+            continue
+        if path in ledger_files:  # stat only: opening it would drop SQLite's locks (module docstring)
+            snap.add(path, "workspace", keep=False)
+            continue
+        state = path.parent.name == ".autoresearch"
+        snap.add(path, "workspace", keep=True, limit=STATE_KEEP_BYTES if state else KEEP_BYTES)
+    if scope.ledger is not None:
+        snap.ledger = scope.ledger.snapshot()
+    for path in _walk(_package_dir()):
+        snap.add(path, "harness", keep=True)
     for folder in (prepared_dir(scope.profile_name), raw_dir(scope.dataset)):
         if folder.is_dir():
             for path in _walk(folder):
@@ -121,24 +143,38 @@ def _show(path: Path, workspace: Path) -> str:
         return str(path)
 
 
+def _ledger_changed(before: Snapshot, after: Snapshot, scope: Scope) -> bool:
+    return scope.ledger is not None and after.ledger != before.ledger
+
+
 def changes(before: Snapshot, scope: Scope) -> list[str]:
     """Protected paths modified, added or removed since `before` ("modified: results.tsv", ...)."""
-    return [f"{what}: {_show(path, scope.workspace)}" for path, what in _diff(before, take(scope))]
+    after = take(scope)
+    found = [f"{what}: {_show(path, scope.workspace)}" for path, what in _diff(before, after)]
+    if _ledger_changed(before, after, scope):
+        found.append(f"modified: {_show(scope.ledger.path, scope.workspace)} (its content)")
+    return sorted(set(found))
 
 
 def restore(before: Snapshot, scope: Scope, evidence: Path) -> list[str]:
-    """Put protected files back as they were; what the candidate wrote is kept under `evidence`."""
+    """Put protected files back as they were; what the candidate wrote is kept under `evidence`.
+    The ledger is closed meanwhile and reopened afterwards from its restored image."""
     after = take(scope)
     notes, data_touched = [], False
+    ledger_files = _ledger_files(scope)
+    if scope.ledger is not None:
+        touched = _ledger_changed(before, after, scope) or any(p in ledger_files for p, _ in _diff(before, after))
+        scope.ledger.close()
+        if touched:
+            notes += _restore_ledger(before.ledger, ledger_files, scope.workspace, evidence)
     for path, _ in _diff(before, after):
+        if path in ledger_files:
+            continue
         if (before.kinds.get(path) or after.kinds.get(path)) == "data":
             data_touched = True
             continue
         if path.exists():
-            # kept as evidence, under a name that is neither code nor a file the harness reads
-            aside = evidence / "tampered" / (_show(path, scope.workspace).lstrip("/") + ".tampered")
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            path.replace(aside)
+            _set_aside(path, scope.workspace, evidence)
         if path in before.content:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".restore")
@@ -152,4 +188,25 @@ def restore(before: Snapshot, scope: Scope, evidence: Path) -> list[str]:
         aside = data.with_name(f"{data.name}.tampered-{int(time.time())}")
         data.replace(aside)
         notes.append(f"moved the tampered prepared data to {aside}: run `autoresearch prepare` again")
+    if scope.ledger is not None:
+        scope.ledger.reopen()
     return notes
+
+
+def _set_aside(path: Path, workspace: Path, evidence: Path) -> None:
+    """Keep what the candidate wrote as evidence, under a name that is neither code nor a file we read."""
+    aside = evidence / "tampered" / (_show(path, workspace).lstrip("/") + ".tampered")
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    path.replace(aside)
+
+
+def _restore_ledger(image: bytes, files: tuple[Path, ...], workspace: Path, evidence: Path) -> list[str]:
+    """The ledger back from its image; a write-ahead log the candidate left must not be replayed."""
+    db = files[0]
+    for path in files:
+        if path.exists():
+            _set_aside(path, workspace, evidence)
+    tmp = db.with_name(db.name + ".restore")
+    tmp.write_bytes(image)
+    tmp.replace(db)
+    return [f"restored {_show(db, workspace)}"]
