@@ -51,14 +51,21 @@ def split_of(doc: str) -> str:
     return "train"
 
 
-def embedded_documents() -> dict[str, list[str]]:
-    """All documents of the embedded corpus, by split ("train", "val", "test")."""
-    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+def labelled_documents() -> dict[str, list[tuple[str, str]]]:
+    """All documents of the embedded corpus as (source, text), by split ("train", "val", "test"); the
+    source is the corpus file's name without its extensions (e.g. "milton")."""
+    splits: dict[str, list[tuple[str, str]]] = {"train": [], "val": [], "test": []}
     for path in corpus_files():
         text = lzma.decompress(path.read_bytes()).decode("utf-8")
+        source = path.name.split(".")[0]
         for doc in split_documents(text):
-            splits[split_of(doc)].append(doc)
+            splits[split_of(doc)].append((source, doc))
     return splits
+
+
+def embedded_documents() -> dict[str, list[str]]:
+    """All documents of the embedded corpus, by split ("train", "val", "test")."""
+    return {split: [doc for _, doc in docs] for split, docs in labelled_documents().items()}
 
 
 def corpus_fingerprint() -> str:

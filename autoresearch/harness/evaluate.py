@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .loader import iter_eval_rows
+from .loader import eval_batches
 from .settings import Settings
 from .prepare import require_prepared
 from .tokenizer import Tokenizer, load_token_bytes
@@ -127,7 +127,7 @@ def evaluate_program(program_path: Path, settings: Settings, split: str = "val",
     steps = max(1, profile.eval_tokens // (B * T))
     total_nats, total_bytes, done = 0.0, 0, 0
     first = None
-    for rows in iter_eval_rows(data_dir, tok.bos_token_id, B, T + 1, split):
+    for rows in eval_batches(data_dir, tok.bos_token_id, B, T + 1, split, settings.metric_version):
         rows = torch.from_numpy(rows).to(device)
         x, y = rows[:, :-1], rows[:, 1:]
         logits = _forward(module, x, autocast)

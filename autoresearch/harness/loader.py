@@ -8,7 +8,10 @@ A prepared split is `<split>.bin` (uint16 tokens, documents back to back, each o
                      order for one pass (evaluation)
     BestFitPacker    fills rows of `row_len` tokens from a buffer of documents
     make_dataloader  train split only: yields (inputs, targets, epoch) as (B, T) int64 tensors
-    iter_eval_rows   any split, file order, one pass: (rows, row_len) int64 arrays for the evaluator
+    eval_batches     the evaluator's rows, by metric version (settings.METRIC_VERSION):
+                       1  iter_eval_rows: file order, best-fit packed (biased toward the first sources)
+                       2  mixed_eval_rows: documents in a content-hash order that mixes every source,
+                          cut into rows in sequence (each row opens with BOS)
 
 Packing a row: while space remains, place the LONGEST buffered document that fits in it whole. When no
 document fits, the SHORTEST one is cut: its head fills the row to the end and its tail goes back into
@@ -24,6 +27,8 @@ no document is copied until its tokens are written into a row.
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 from bisect import bisect_right, insort
 from collections import deque
 from pathlib import Path
@@ -284,7 +289,101 @@ def _batches(packer: BestFitPacker, stream: DocumentStream, B: int, T: int, devi
 
 
 def iter_eval_rows(data_dir: str | Path, bos_id: int, rows: int, row_len: int, split: str) -> Iterator[np.ndarray]:
-    """The evaluator's rows: documents of `split` in file order, one pass, best-fit packed like training.
+    """Metric version 1: documents of `split` in file order, one pass, best-fit packed like training.
     Yields fresh (rows, row_len) int64 arrays; the final incomplete batch is dropped."""
     stream = DocumentStream.from_split(data_dir, split, shuffle=False, loop=False)  # fails here, not at next()
     return iter(BestFitPacker(stream, rows, row_len, bos_id=bos_id))
+
+
+def _pieces(offsets: np.ndarray, row_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every document cut into pieces that fit a row: (start, end, document) per piece. A document's first
+    piece opens with its own BOS; every later piece is one token shorter, for the BOS put in front of it."""
+    starts, ends, docs = [], [], []
+    for doc in range(offsets.size - 1):
+        lo, hi, width = int(offsets[doc]), int(offsets[doc + 1]), row_len
+        while lo < hi:
+            starts.append(lo)
+            ends.append(min(hi, lo + width))
+            docs.append(doc)
+            lo, width = ends[-1], row_len - 1
+    return np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64), np.array(docs, dtype=np.int64)
+
+
+def content_order(tokens: np.ndarray, starts: np.ndarray, ends: np.ndarray, sources: np.ndarray) -> list[int]:
+    """The evaluator's order of pieces: every prefix holds each source in proportion to its share of the
+    split's tokens (to within one piece), and within a source the pieces follow a hash of their tokens
+    (fixed by the content, not by file order). `sources` holds the source index of each piece."""
+    lengths = ends - starts
+    keys = [hashlib.blake2b(tokens[a:b].tobytes(), digest_size=8).digest() for a, b in zip(starts.tolist(), ends.tolist())]
+    queues, total = {}, {}
+    for s in np.unique(sources).tolist():
+        members = np.flatnonzero(sources == s)
+        queues[s] = deque(sorted(members.tolist(), key=keys.__getitem__))
+        total[s] = int(lengths[members].sum()) or 1
+    taken = dict.fromkeys(queues, 0)
+    heap = [(0.0, s) for s in queues]  # (share of the source already taken, source): the least served next
+    heapq.heapify(heap)
+    order = []
+    while heap:
+        _, s = heapq.heappop(heap)
+        piece = queues[s].popleft()
+        order.append(piece)
+        taken[s] += int(lengths[piece])
+        if queues[s]:
+            heapq.heappush(heap, (taken[s] / total[s], s))
+    return order
+
+
+def mixed_eval_rows(data_dir: str | Path, bos_id: int, rows: int, row_len: int, split: str,
+                    owners: bool = False) -> Iterator:
+    """Metric version 2: the split's documents cut into row-sized pieces, in `content_order`, laid into
+    rows one after another (a piece cut at a row's end goes on in the next row, behind a BOS; every row
+    opens with BOS). Yields (rows, row_len) int64 arrays, or (rows, owners) pairs with the document index
+    of every position."""
+    tokens, offsets = open_split(data_dir, split)  # fails here, not at next()
+    src_path = Path(data_dir) / f"{split}.src.npy"
+    if not src_path.is_file():
+        raise FileNotFoundError(f"prepared data not found: {src_path} does not exist (prepared by an older "
+                                "harness); run `autoresearch prepare --force`")
+    doc_sources = np.load(src_path)
+    if doc_sources.shape != (offsets.size - 1,):
+        raise ValueError(f"{src_path} does not match the {split} split; run `autoresearch prepare --force`")
+    starts, ends, docs = _pieces(offsets, row_len)
+    order = content_order(tokens, starts, ends, doc_sources[docs])
+
+    def batches():
+        batch = np.empty((rows, row_len), dtype=np.int64)
+        owner = np.empty((rows, row_len), dtype=np.int64)
+        r = pos = 0
+        for piece in order:
+            lo, hi, doc = int(starts[piece]), int(ends[piece]), int(docs[piece])
+            opening = True
+            while lo < hi:
+                if (opening or pos == 0) and tokens[lo] != bos_id:  # a piece from inside a document
+                    batch[r, pos], owner[r, pos] = bos_id, doc
+                    n = 1
+                else:
+                    n = min(row_len - pos, hi - lo)
+                    batch[r, pos:pos + n] = tokens[lo:lo + n]
+                    owner[r, pos:pos + n] = doc
+                    lo += n
+                opening = False
+                pos += n
+                if pos == row_len:
+                    r, pos = r + 1, 0
+                    if r == rows:
+                        yield (batch.copy(), owner.copy()) if owners else batch.copy()
+                        r = 0
+
+    return batches()
+
+
+def eval_batches(data_dir: str | Path, bos_id: int, rows: int, row_len: int, split: str,
+                 metric_version: int) -> Iterator[np.ndarray]:
+    """The rows the evaluator scores, as the workspace's metric version defines them."""
+    if metric_version == 1:
+        return iter_eval_rows(data_dir, bos_id, rows, row_len, split)
+    if metric_version == 2:
+        return mixed_eval_rows(data_dir, bos_id, rows, row_len, split)
+    raise ValueError(f"metric version {metric_version} is unknown to this harness (known: 1, 2); "
+                     "upgrade autoresearch to score this workspace")

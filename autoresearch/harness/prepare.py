@@ -30,7 +30,7 @@ from .tokenizer import Tokenizer, train_tokenizer
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-DATA_FORMAT = 1               # bump when the prepared layout or document cutting changes
+DATA_FORMAT = 2               # bump when the prepared layout or document cutting changes (2: <split>.src.npy)
 TOKENIZER_MAX_CHARS = 1_000_000_000
 TOKENIZER_DOC_CAP = 10_000
 
@@ -41,6 +41,7 @@ class Sources:
 
     splits: dict[str, Callable[[], Iterable[str]]]
     fingerprint: str
+    sources: dict[str, str | list[str]]   # per split: one source name, or one per document (same order)
 
 
 def log(msg: str) -> None:
@@ -69,8 +70,10 @@ def load_manifest(profile: Profile) -> dict | None:
 # Sources
 
 def embedded_sources() -> Sources:
-    docs = embedded.embedded_documents()
-    return Sources({s: (lambda s=s: docs[s]) for s in SPLITS}, embedded.corpus_fingerprint())
+    labelled = embedded.labelled_documents()
+    docs = {s: [text for _, text in labelled[s]] for s in SPLITS}
+    return Sources({s: (lambda s=s: docs[s]) for s in SPLITS}, embedded.corpus_fingerprint(),
+                   {s: [source for source, _ in labelled[s]] for s in SPLITS})
 
 
 def _alternate(docs: Iterable[str], keep: int) -> Iterator[str]:
@@ -92,6 +95,8 @@ def climbmix_sources(profile: Profile, progress: bool) -> Sources:
             "test": lambda: _alternate(download.iter_parquet_texts([val]), 1),
         },
         hashlib.sha256(names.encode()).hexdigest(),
+        {"train": "climbmix training shards", "val": f"climbmix {val.name} (even documents)",
+         "test": f"climbmix {val.name} (odd documents)"},
     )
 
 
@@ -106,6 +111,8 @@ def tinystories_sources(progress: bool) -> Sources:
             "test": lambda: _alternate(download.iter_tinystories_docs(valid), 1),
         },
         hashlib.sha256(f"{train.name}:{train.stat().st_size},{valid.name}:{valid.stat().st_size}".encode()).hexdigest(),
+        {"train": f"TinyStories {train.name}", "val": f"TinyStories {valid.name} (even stories)",
+         "test": f"TinyStories {valid.name} (odd stories)"},
     )
 
 
@@ -143,8 +150,10 @@ def _batches(docs: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def tokenize_split(tok: Tokenizer, docs: Iterable[str], out_dir: Path, split: str, progress) -> dict:
-    """Write <split>.bin and <split>.idx.npy; return counts and the sha256 of the tokens."""
+def tokenize_split(tok: Tokenizer, docs: Iterable[str], out_dir: Path, split: str, progress,
+                   sources: str | list[str] = "") -> dict:
+    """Write <split>.bin, <split>.idx.npy and <split>.src.npy (the source of each document, an index into
+    the manifest's `sources` of the split); return counts and the sha256 of the tokens."""
     bin_path, idx_path = out_dir / f"{split}.bin", out_dir / f"{split}.idx.npy"
     tmp_bin = bin_path.with_name(bin_path.name + ".tmp")
     offsets = [0]
@@ -167,7 +176,21 @@ def tokenize_split(tok: Tokenizer, docs: Iterable[str], out_dir: Path, split: st
     np.save(idx_path.with_name(idx_path.name + ".tmp.npy"), np.asarray(offsets, dtype=np.int64))
     idx_path.with_name(idx_path.name + ".tmp.npy").replace(idx_path)
     tmp_bin.replace(bin_path)
-    return {"documents": len(offsets) - 1, "tokens": offsets[-1], "text_bytes": nbytes, "sha256": digest.hexdigest()}
+    n_docs = len(offsets) - 1
+    labels = [sources] * n_docs if isinstance(sources, str) else list(sources)
+    if len(labels) != n_docs:
+        raise RuntimeError(f"the {split} split has {n_docs} documents but {len(labels)} source labels")
+    names = sorted(set(labels))
+    index = {name: i for i, name in enumerate(names)}
+    ids = np.fromiter((index[name] for name in labels), dtype=np.uint16, count=n_docs)
+    src_path = out_dir / f"{split}.src.npy"
+    np.save(src_path.with_name(src_path.name + ".tmp.npy"), ids)
+    src_path.with_name(src_path.name + ".tmp.npy").replace(src_path)
+    lengths = np.diff(np.asarray(offsets, dtype=np.int64))
+    per_source = {name: {"documents": int((ids == i).sum()), "tokens": int(lengths[ids == i].sum())}
+                  for i, name in enumerate(names)}
+    return {"documents": n_docs, "tokens": offsets[-1], "text_bytes": nbytes, "sha256": digest.hexdigest(),
+            "sources": names, "per_source": per_source}
 
 
 def _progress_bar(enabled: bool):
@@ -208,7 +231,8 @@ def prepare(profile: Profile, *, progress: bool = True, force: bool = False) -> 
                 advance = lambda n, task=task: bar.advance(task, n)
             else:
                 advance = lambda n: None
-            stats[split] = tokenize_split(tok, sources.splits[split](), out, split, advance)
+            stats[split] = tokenize_split(tok, sources.splits[split](), out, split, advance,
+                                          sources.sources.get(split, ""))
             log(f"prepare: {split}: {stats[split]['documents']:,} documents, {stats[split]['tokens']:,} tokens")
 
     manifest = {
@@ -238,3 +262,53 @@ def require_prepared(profile: Profile) -> tuple[Path, dict]:
             "run `autoresearch prepare` in the workspace first"
         )
     return prepared_dir(profile.name), manifest
+
+
+# ---------------------------------------------------------------------------
+# What the evaluator scores
+
+SCORED_SPLITS = ("val", "test")
+
+
+def scored_composition(profile: Profile, split: str, metric_version: int) -> dict[str, int] | None:
+    """Tokens the evaluator scores in `split`, per source (targets that are text; BOS excluded), as the
+    metric version cuts them; None where it cannot be told (version 1, or data prepared before sources
+    were recorded)."""
+    from .loader import mixed_eval_rows
+
+    data_dir, manifest = require_prepared(profile)
+    src_path = data_dir / f"{split}.src.npy"
+    names = manifest["splits"][split].get("sources")
+    if metric_version != 2 or not src_path.exists() or not names:
+        return None
+    tok = Tokenizer.from_directory(data_dir)
+    bos = tok.bos_token_id
+    B, T = profile.eval_batch_size, profile.max_seq_len
+    steps = max(1, profile.eval_tokens // (B * T))
+    source_ids = np.load(src_path)
+    counts = np.zeros(len(names), dtype=np.int64)
+    for done, (rows, owners) in enumerate(mixed_eval_rows(data_dir, bos, B, T + 1, split, owners=True), 1):
+        text = rows[:, 1:] != bos
+        counts += np.bincount(source_ids[owners[:, 1:][text]], minlength=len(names))
+        if done == steps:
+            break
+    return {name: int(n) for name, n in zip(names, counts)}
+
+
+def describe_scoring(profile: Profile, metric_version: int) -> list[str]:
+    """One line per scored split: how its rows are chosen and what they hold, per source."""
+    how = {1: "documents in file order (metric 1, a biased sample: init a new workspace for metric 2)",
+           2: "row-sized pieces of the documents in content-hash order, each source in proportion to its "
+              "share (metric 2)"}.get(metric_version, "?")
+    lines = [f"scored: {profile.eval_tokens:,} tokens per split, {how}"]
+    for split in SCORED_SPLITS:
+        comp = scored_composition(profile, split, metric_version)
+        if comp is None:
+            lines.append(f"  {split}: composition not known (prepared before sources were recorded: "
+                         "`autoresearch prepare --force` records them)" if metric_version == 2 else
+                         f"  {split}: composition not computed for metric 1")
+            continue
+        total = sum(comp.values()) or 1
+        parts = ", ".join(f"{name} {n:,} ({100 * n / total:.0f}%)" for name, n in comp.items())
+        lines.append(f"  {split}: {parts}")
+    return lines
