@@ -1,3 +1,3 @@
 """autoresearch: an agent improves train.py; a frozen harness judges it."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # 0.2: metric 2 (every source sampled in proportion), whole-package fingerprint

@@ -91,6 +91,11 @@ def prepare(
         raise typer.Exit(2)
     if settings is not None and pin_data(settings, manifest):
         err.print("pinned data and tokenizer fingerprints in autoresearch.toml (committed)")
+    from .harness.prepare import describe_scoring
+    from .harness.settings import METRIC_VERSION
+
+    for line in describe_scoring(prof, settings.metric_version if settings is not None else METRIC_VERSION):
+        err.print(line, highlight=False)
 
 
 class WorkspaceHint(ValueError):

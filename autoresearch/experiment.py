@@ -21,7 +21,8 @@ from . import sandbox, selection
 from .git import current_branch, git
 from .harness.prepare import load_manifest
 from .harness.protocol import DEFAULT_SEED, PROGRAM_FILE
-from .harness.settings import Settings, harness_fingerprint
+from . import __version__
+from .harness.settings import METRIC_VERSION, METRIC_VERSIONS, Settings, harness_fingerprint
 from .ledger import Experiment, Ledger
 from .recovery import Journal, WorkspaceLock, preserve, recover
 from .trial import CANDIDATE, Sample, evaluate, measure, pause
@@ -71,10 +72,15 @@ class Outcome:
 def check_frozen(settings: Settings) -> dict:
     """The workspace's frozen inputs must match the installed harness and the cache; else a clear error."""
     if settings.harness_fingerprint != harness_fingerprint():
-        raise WorkspaceError(
-            "the installed harness differs from the one this workspace was created with "
-            f"(version {settings.harness_version}); results would not be comparable: reinstall that version "
-            "or init a new workspace")
+        if settings.harness_version == __version__:
+            raise WorkspaceError(
+                f"the installed autoresearch {__version__} differs from the one this workspace was created with "
+                "(same version, other files: an edited installation); results would not be comparable: "
+                "reinstall it or init a new workspace")
+        if settings.metric_version not in METRIC_VERSIONS:
+            raise WorkspaceError(
+                f"this workspace scores with metric {settings.metric_version}, which autoresearch {__version__} "
+                f"does not know (it knows {', '.join(map(str, METRIC_VERSIONS))}): install a newer version")
     if not settings.data:
         raise WorkspaceError("data not prepared for this workspace: run `autoresearch prepare` first")
     manifest = load_manifest(settings.profile)
@@ -86,6 +92,16 @@ def check_frozen(settings: Settings) -> dict:
         raise WorkspaceError("the cached data or tokenizer differ from the ones pinned in autoresearch.toml; "
                              "restore the original cache (AUTORESEARCH_CACHE) or init a new workspace")
     return manifest
+
+
+def metric_note(settings: Settings) -> str | None:
+    """A line for workspaces whose numbers are not comparable with those of a new workspace."""
+    if settings.metric_version == METRIC_VERSION:
+        return None
+    return (f"note: this workspace (made by autoresearch {settings.harness_version or '< 0.2'}) scores with "
+            f"metric {settings.metric_version}, kept so its own numbers stay comparable; they are NOT comparable "
+            f"with workspaces made now (metric {METRIC_VERSION}: every source sampled in proportion). "
+            "Init a new workspace to use it.")
 
 
 def workspace_branch(root: Path) -> str:
@@ -140,6 +156,8 @@ def session(root: Path, sandbox_mode: str | None):
         for message in recover(settings.root, ledger):
             print(f"recover: {message}", file=sys.stderr)
         check_frozen(settings)
+        if note := metric_note(settings):
+            print(note, file=sys.stderr)
         yield settings, ledger, box
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoresearch.harness.loader import BestFitPacker, DocumentStream, iter_eval_rows, make_dataloader
+from autoresearch.harness.loader import (BestFitPacker, DocumentStream, eval_batches, iter_eval_rows, make_dataloader,
+                                         mixed_eval_rows)
 
 BOS = 0
 
@@ -247,3 +248,73 @@ def test_cuda_batches_match_cpu(data_dir):
         held.append((x, gx))
     torch.cuda.synchronize()
     assert all(torch.equal(gx.cpu(), x) for x, gx in held)
+
+
+# -- metric 2: the evaluator's sample of every source ------------------------------------------------
+def write_docs(data_dir: Path, split: str, docs: list[np.ndarray], sources: list[int]) -> None:
+    """A prepared split from explicit documents (each opening with BOS) and their source ids."""
+    offsets = np.zeros(len(docs) + 1, dtype=np.int64)
+    np.cumsum([len(d) for d in docs], out=offsets[1:])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    np.concatenate(docs).astype(np.uint16).tofile(data_dir / f"{split}.bin")
+    np.save(data_dir / f"{split}.idx.npy", offsets)
+    np.save(data_dir / f"{split}.src.npy", np.asarray(sources, dtype=np.uint16))
+
+
+def two_sources(rng_seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
+    """Source 0: three long documents (many rows each), first in the file; source 1: 300 short ones."""
+    rng = np.random.default_rng(rng_seed)
+    lengths = [400, 700, 500] + rng.integers(2, 30, 300).tolist()
+    docs, next_token = [], 1
+    for n in lengths:
+        docs.append(np.concatenate([[BOS], np.arange(next_token, next_token + n - 1)]))
+        next_token += n - 1
+    return docs, [0, 0, 0] + [1] * 300
+
+
+def test_mixed_eval_rows_are_well_formed_and_use_each_token_once(tmp_path):
+    docs, sources = two_sources()
+    write_docs(tmp_path, "val", docs, sources)
+    batches = list(mixed_eval_rows(tmp_path, BOS, 4, 33, "val"))
+    emitted = np.concatenate(batches)
+    assert_rows_well_formed(emitted)  # a piece from inside a document always follows a BOS
+    counts = non_bos_counts(emitted, int(max(d.max() for d in docs)) + 1)
+    total = sum(len(d) - 1 for d in docs)
+    assert counts.max() == 1 and counts.sum() > total - 4 * 33  # all but the last, incomplete batch
+    again = list(mixed_eval_rows(tmp_path, BOS, 4, 33, "val"))
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+
+
+def test_mixed_eval_rows_sample_every_source_in_proportion(tmp_path):
+    """File order puts source 0 first; a prefix of the sample holds both sources in their shares."""
+    docs, sources = two_sources()
+    write_docs(tmp_path, "val", docs, sources)
+    share0 = sum(len(d) for d, s in zip(docs, sources) if s == 0) / sum(len(d) for d in docs)
+    owned = np.array(sources)
+    for n_batches in (2, 5, 10):
+        got = [0, 0]
+        for i, (rows, owners) in enumerate(mixed_eval_rows(tmp_path, BOS, 4, 33, "val", owners=True), 1):
+            got[0] += int((owned[owners] == 0).sum())
+            got[1] += int((owned[owners] == 1).sum())
+            if i == n_batches:
+                break
+        assert abs(got[0] - share0 * sum(got)) <= 2 * 33, (n_batches, got, share0)
+
+
+def test_mixed_eval_rows_do_not_depend_on_file_order(tmp_path):
+    docs, sources = two_sources()
+    write_docs(tmp_path / "a", "val", docs, sources)
+    order = np.random.default_rng(5).permutation(len(docs))
+    write_docs(tmp_path / "b", "val", [docs[i] for i in order], [sources[i] for i in order])
+    a = list(mixed_eval_rows(tmp_path / "a", BOS, 4, 33, "val"))
+    b = list(mixed_eval_rows(tmp_path / "b", BOS, 4, 33, "val"))
+    assert len(a) == len(b) > 10 and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_metric_versions_and_missing_sources_are_clear_errors(tmp_path):
+    write_split(tmp_path, "val", [5, 6, 7])
+    with pytest.raises(FileNotFoundError, match="prepare --force"):
+        mixed_eval_rows(tmp_path, BOS, 1, 4, "val")
+    with pytest.raises(ValueError, match="metric version 3"):
+        eval_batches(tmp_path, BOS, 1, 4, "val", 3)
+    assert list(eval_batches(tmp_path, BOS, 1, 4, "val", 1))  # metric 1 needs no sources

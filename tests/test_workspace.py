@@ -113,3 +113,33 @@ def test_prepare_without_network_is_a_clear_error(tmp_path, cache_dir):
     proc = run_cli("prepare", "--profile", "h100", "--num-shards", "1", cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 2
     assert "network" in proc.stderr and "cpu" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_workspace_from_an_older_release_keeps_its_metric_and_says_so(workspace):
+    """A 0.1 workspace (no metric_version, another fingerprint) keeps working, scored by metric 1; an
+    installation edited in place (same version, other files) is refused."""
+    from autoresearch import __version__
+    from autoresearch.experiment import check_frozen, metric_note
+    from autoresearch.harness.settings import METRIC_VERSION
+
+    settings = Settings.load(workspace.root)
+    assert settings.metric_version == METRIC_VERSION and metric_note(settings) is None
+    check_frozen(settings)
+
+    legacy = Settings.load(workspace.root)
+    legacy.harness_version, legacy.harness_fingerprint = "0.1.0", "0"
+    legacy.save()
+    toml = workspace.root / "autoresearch.toml"
+    toml.write_text("".join(l for l in toml.read_text().splitlines(True) if not l.startswith("metric_version")))
+    legacy = Settings.load(workspace.root)
+    assert legacy.metric_version == 1
+    check_frozen(legacy)  # no error: a release the installed harness can still score
+    note = metric_note(legacy)
+    assert "metric 1" in note and "NOT comparable" in note and "0.1.0" in note
+
+    legacy.harness_version = __version__  # the same release with other files: edited in place
+    with pytest.raises(WorkspaceError, match="edited installation"):
+        check_frozen(legacy)
+    legacy.harness_version, legacy.metric_version = "9.0.0", 9
+    with pytest.raises(WorkspaceError, match="metric 9"):
+        check_frozen(legacy)

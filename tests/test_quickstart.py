@@ -1,0 +1,131 @@
+"""The README's commands, typed as a new user types them: the `autoresearch` console script, default flags,
+only the budget shortened. Nothing here sets an option a user would not set.
+
+- the quick start (init, prepare, python train.py, run -m baseline, status, report) runs in the user's own
+  environment: no test setting at all, torch.compile included;
+- the experiment commands that follow (an edit and `run -m`, `loop`, `noise`, `status`, `show`, `lineage`,
+  `report`) keep the suite's one concession, TORCHDYNAMO_DISABLE (torch.compile's cold start would cost a
+  minute per run on two cores; the harness's behaviour under test does not depend on it), and every
+  harness default: the noise rule, the sandbox, the Optuna agent, 4 noise runs, report/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import rows
+
+pytestmark = pytest.mark.slow
+
+TEST_SETTINGS = ("TORCHDYNAMO_DISABLE", "OMP_NUM_THREADS")  # what conftest adds for the rest of the suite
+
+
+def autoresearch(*args: str, cwd: Path, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """The console script a user runs (the one `pip install` put on PATH)."""
+    exe = shutil.which("autoresearch")
+    assert exe, "the autoresearch command is not on PATH: run the README's set-up command"
+    return subprocess.run([exe, *args], cwd=cwd, env=env or dict(os.environ), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def user_env() -> dict:
+    """The environment a user has: the suite's own torch settings removed (the cache stays isolated)."""
+    return {k: v for k, v in os.environ.items() if k not in TEST_SETTINGS}
+
+
+def test_quick_start_with_default_flags(cache_dir, tmp_path):
+    env = user_env()
+    done = autoresearch("init", str(tmp_path / "lab"), "--profile", "cpu", "--budget", "3", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    lab = tmp_path / "lab"
+    done = autoresearch("prepare", cwd=lab, env=env)
+    assert done.returncode == 0, done.stderr
+    for split in ("val", "test"):  # what is scored, per source
+        line = next(l for l in done.stderr.splitlines() if l.strip().startswith(f"{split}:"))
+        for source in ("devil", "milton", "shakespeare", "web_bible"):
+            assert source in line, line
+
+    trained = subprocess.run([sys.executable, "train.py"], cwd=lab, env=env, capture_output=True, text=True,
+                             timeout=900)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    assert "\n---\n" in trained.stdout and "val_bpb:" in trained.stdout
+
+    done = autoresearch("run", "-m", "baseline", cwd=lab, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("keep") and "baseline: first experiment" in done.stdout
+    (row,) = rows(lab)
+    assert row["rule"] == "noise" and row["sandbox"] == "bwrap" and row["test_bpb"] is not None
+
+    status = autoresearch("status", cwd=lab, env=env)
+    assert status.returncode == 0 and "1 kept" in status.stdout, status.stdout + status.stderr
+    report = autoresearch("report", cwd=lab, env=env)
+    assert report.returncode == 0, report.stderr
+    assert (lab / "report" / "progress.png").stat().st_size > 0
+    assert (lab / "report" / "report.html").stat().st_size > 0
+
+
+def _edit(lab: Path, old: str, new: str) -> None:
+    text = (lab / "train.py").read_text()
+    assert old in text
+    (lab / "train.py").write_text(text.replace(old, new, 1))
+
+
+def test_experiments_with_default_flags_then_the_loop(cache_dir, tmp_path):
+    assert autoresearch("init", str(tmp_path / "lab"), "--profile", "cpu", "--budget", "3", cwd=tmp_path).returncode == 0
+    lab = tmp_path / "lab"
+    assert autoresearch("prepare", cwd=lab).returncode == 0
+    base = autoresearch("run", "-m", "baseline", cwd=lab)
+    assert base.returncode == 0 and base.stdout.startswith("keep"), base.stdout + base.stderr
+
+    # $EDITOR train.py; autoresearch run -m "..." -- the noise floor is measured first (4 repeats of the
+    # frontier). Meanwhile the user watches from another terminal, as the README invites.
+    _edit(lab, "WARMDOWN_RATIO = ", "WARMDOWN_RATIO = 0.5 * ")
+    exe = shutil.which("autoresearch")
+    proc = subprocess.Popen([exe, "run", "-m", "halve the warmdown"], cwd=lab, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    watched = 0
+    while proc.poll() is None:
+        for command in (["status"], ["show", "1"], ["lineage"], ["report"], ["status", "--json"]):
+            seen = autoresearch(*command, cwd=lab)
+            assert seen.returncode == 0, (command, seen.stderr)
+            watched += 1
+        time.sleep(0.5)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, out + err
+    assert watched >= 10
+    assert "noise: no noise floor" in err and out.split()[0] in ("keep", "discard"), out + err
+    second = rows(lab)[1]
+    assert second["reason"].startswith("noise:") and "sigma" in second["reason"], second
+    db = sqlite3.connect(lab / ".autoresearch" / "ledger.sqlite")
+    kinds = [k for (k,) in db.execute("SELECT kind FROM runs ORDER BY id")]
+    db.close()
+    assert kinds[:6] == ["experiment", "noise", "noise", "noise", "noise", "experiment"], kinds
+
+    # autoresearch loop: the offline Optuna agent, the noise rule, the sandbox; every decision recorded
+    done = autoresearch("loop", "--max-experiments", "2", cwd=lab)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    r = rows(lab)
+    assert len(r) == 4 and r[0]["status"] == "keep" and r[0]["description"] == "baseline"
+    assert all(x["agent"] == "optuna" for x in r[2:])
+    assert all(x["status"] != "invalid" for x in r), [(x["status"], x["error_excerpt"]) for x in r]
+    decided = [x for x in r[1:] if x["status"] in ("keep", "discard")]
+    assert decided and all(x["reason"].startswith("noise:") for x in decided)
+    assert all(x["sandbox"] == "bwrap" for x in r)
+
+    status = autoresearch("status", "--json", cwd=lab)
+    summary = json.loads(status.stdout)
+    assert summary["experiments"] == 4 and summary["noise_std"] > 0
+    assert autoresearch("report", cwd=lab).returncode == 0 and (lab / "report" / "progress.png").exists()
+    assert autoresearch("lineage", cwd=lab).returncode == 0
+    assert autoresearch("show", "2", cwd=lab).returncode == 0
+    noise = autoresearch("noise", "--runs", "1", cwd=lab)
+    assert noise.returncode == 0 and "pooled noise floor" in noise.stdout, noise.stderr
