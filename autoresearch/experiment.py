@@ -9,6 +9,7 @@ The workspace lock (an flock, released by the kernel even on SIGKILL) keeps two 
 
 from __future__ import annotations
 
+import os
 import signal
 import statistics
 import sys
@@ -119,15 +120,26 @@ HIDING_PLACES = ("runs", "report", ".autoresearch")  # ignored by git, so `git s
 QUARANTINE = ".autoresearch/quarantine"                # where the loop moves code it found hidden there
 
 
+def hidden_code(root: Path) -> list[str]:
+    """Code files and links in the harness's own ignored folders, where `git status` does not look. The
+    walk follows no link: a link is refused itself (it could lead the guard away from what it points at)."""
+    found = []
+    for folder in HIDING_PLACES:
+        for dirpath, dirnames, filenames in os.walk(root / folder):  # os.walk does not follow links
+            here = Path(dirpath)
+            for name in dirnames + filenames:
+                path = here / name
+                if path.is_symlink() or (name in filenames and path.suffix in CODE_SUFFIXES):
+                    found.append(str(path.relative_to(root)))
+    return [p for p in found if not p.startswith(QUARANTINE)]
+
+
 def out_of_scope(root: Path, frontier: str) -> list[str]:
     """Paths that differ from the frontier (committed, staged, modified or new), other than train.py,
-    and code files hidden where git does not look (the harness's own ignored folders)."""
+    and code or links hidden where git does not look (the harness's own ignored folders)."""
     changed = git(root, "diff", "--name-only", frontier).splitlines()
     untracked = git(root, "ls-files", "--others", "--exclude-standard").splitlines()
-    hidden = [str(path.relative_to(root)) for folder in HIDING_PLACES if (root / folder).is_dir()
-              for path in (root / folder).rglob("*") if path.suffix in CODE_SUFFIXES and path.is_file()]
-    hidden = [p for p in hidden if not p.startswith(QUARANTINE)]
-    return sorted({p for p in changed + untracked + hidden if p and p != CANDIDATE})
+    return sorted({p for p in changed + untracked + hidden_code(root) if p and p != CANDIDATE})
 
 
 # ---------------------------------------------------------------------------
@@ -158,6 +170,11 @@ def session(root: Path, sandbox_mode: str | None):
         check_frozen(settings)
         if note := metric_note(settings):
             print(note, file=sys.stderr)
+        if box == "none":
+            why = "--sandbox off" if (sandbox_mode or os.environ.get(sandbox.MODE_ENV)) == "off" else sandbox.probe()
+            print(f"warning: train.py runs WITHOUT the sandbox ({why}); results are recorded as unenforced: "
+                  "tampering is detected after the fact, not prevented (`--sandbox require` refuses to run bare)",
+                  file=sys.stderr)
         yield settings, ledger, box
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import agents, selection
-from .experiment import CODE_SUFFIXES, HIDING_PLACES, NOISE_RUNS, QUARANTINE, Outcome, run_experiment
+from .experiment import NOISE_RUNS, QUARANTINE, Outcome, hidden_code, out_of_scope, run_experiment
 from .noise import run_noise
 from .git import git
 from .harness.settings import Settings
@@ -128,7 +128,7 @@ def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = No
     with WorkspaceLock(root):
         for message in recover(root, Ledger(root)):
             print(f"recover: {message}", file=sys.stderr)
-        if stray := _out_of_scope(root):
+        if stray := out_of_scope(root, git(root, "rev-parse", "HEAD")):
             raise WorkspaceError("the workspace has changes outside train.py (" + ", ".join(stray[:10]) + "); "
                                  "commit, move or remove them before starting the loop")
     view = View(agent.name)
@@ -210,11 +210,6 @@ def _attempt(root: Path, agent, ctx: agents.Context, run, view: View, done: int,
     return outcome, proposal
 
 
-def _out_of_scope(root: Path) -> list[str]:
-    changed = git(root, "status", "--porcelain").splitlines()
-    return [line[3:] for line in changed if line[3:] != "train.py"]
-
-
 def _put_aside(root: Path, exp: Experiment) -> None:
     """An agent touched files outside train.py: stash everything it changed (kept in `git stash list`)."""
     if exp.parent and git(root, "rev-parse", "HEAD") != exp.parent:
@@ -222,12 +217,11 @@ def _put_aside(root: Path, exp: Experiment) -> None:
     git(root, "stash", "push", "--include-untracked", "--quiet", "-m",
         f"autoresearch: out-of-scope changes of rejected experiment {exp.id}", check=False)
     quarantine = root / QUARANTINE / f"{exp.id:04d}"
-    for folder in HIDING_PLACES:  # code hidden where git does not look: kept, out of the guard's way
-        for path in sorted((root / folder).rglob("*")) if (root / folder).is_dir() else []:
-            if path.suffix in CODE_SUFFIXES and path.is_file() and QUARANTINE not in path.relative_to(root).as_posix():
-                target = quarantine / path.relative_to(root)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                path.replace(target.with_name(target.name + ".quarantined"))
+    for name in hidden_code(root):  # code or links hidden where git does not look: kept, out of the guard's way
+        if (root / name).is_symlink() or (root / name).exists():
+            target = quarantine / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (root / name).replace(target.with_name(target.name + ".quarantined"))
 
 
 def _restore_frontier(root: Path) -> None:
