@@ -347,12 +347,13 @@ _JS = """
 })();
 """
 
-_COLUMNS = (  # key, header, numeric
+REPORTED = "reported by train.py"  # figures only train.py can know: recorded as it printed them, never checked
+_COLUMNS = (  # key, header, numeric; a header ending in * is a figure reported by train.py
     ("id", "id", True), ("branch", "branch", False), ("commit", "commit", False), ("status", "status", False),
     ("val_bpb", "val_bpb", True), ("delta", "delta", True), ("test_bpb", "test_bpb", True),
     ("samples", "runs", True), ("memory_gb", "mem GB", True),
-    ("training_seconds", "train s", True), ("total_seconds", "total s", True), ("steps", "steps", True),
-    ("params_m", "params M", True), ("error_class", "class", False), ("description", "description", False),
+    ("training_seconds", "train s", True), ("total_seconds", "total s", True), ("steps", "steps*", True),
+    ("params_m", "params M*", True), ("error_class", "class", False), ("description", "description", False),
     ("started_at", "started", True),
 )
 
@@ -455,7 +456,8 @@ def render_html(root: Path, rows: list[Experiment], progress: Progress, png: byt
 <img class="plot" id="progress" alt="{_e(progress.title)}" width="{progress.size_px[0]}" height="{progress.size_px[1]}"
  src="data:image/png;base64,{base64.b64encode(png).decode()}">
 <h2>Experiments</h2>
-<p class="muted">Click a column header to sort (again to reverse).</p>
+<p class="muted">Click a column header to sort (again to reverse). * {REPORTED}, not measured by the harness;
+mem GB is the harness's own measurement of the process tree.</p>
 <table id="experiments"><thead><tr>{heads}</tr></thead>
 <tbody>
 {body}
@@ -558,9 +560,10 @@ def format_show(info: dict) -> str:
            f"parent       {info['parent'] or '-'}",
            f"description  {info['description']}",
            f"val_bpb      {_fmt(info['val_bpb'])}{delta}",
-           f"memory_gb    {_fmt(info['memory_gb'], '.3f')}    training {_fmt(info['training_seconds'], '.1f')} s"
-           f"    total {_fmt(info['total_seconds'], '.1f')} s    steps {_fmt(info['steps'], 'd')}"
-           f"    params {_fmt(info['params_m'], '.2f')} M    mfu {_fmt(info['mfu_percent'], '.1f')} %",
+           f"memory_gb    {_fmt(info['memory_gb'], '.3f')} (measured by the harness)"
+           f"    training {_fmt(info['training_seconds'], '.1f')} s    total {_fmt(info['total_seconds'], '.1f')} s",
+           f"{REPORTED}: steps {_fmt(info['steps'], 'd')}    params {_fmt(info['params_m'], '.2f')} M"
+           f"    mfu {_fmt(info['mfu_percent'], '.1f')} %",
            f"reason       {info['reason'] or '-'}"]
     if info["error_class"]:
         out.append(f"error        {info['error_class']}")

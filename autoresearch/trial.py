@@ -1,19 +1,25 @@
 """One training run of the workspace's train.py and its out-of-process score: a sample of val_bpb.
 
 An experiment is one or two of these (a confirmation run when the result is inside the noise band); the
-noise floor is K of them on unchanged code. The parent holds every clock and trusts no number train.py
-prints:
+noise floor is K of them on unchanged code. The parent holds every clock, counts every rule from the
+launch of train.py, and trusts no number or file train.py writes (rules: `profile.time_rules`, clock.py):
 
-  start-up   launch -> the clock file appears              at most profile.startup_cap       else invalid
-  training   clock  -> the submit marker appears           at most budget + max(5 s, 5 %)    else invalid
-  export     marker -> the exported model appears          at most profile.export_cap         else invalid
-  exit       model  -> the process exits                   at most EXIT_GRACE, then stopped (the model
-                                                           saved at submit is still what gets scored)
-  everything launch -> exit                                at most profile.hard_timeout      else timeout
+  the window   launch -> start-up allowance + budget       train.py's clock says stop (its own business)
+  deadline     launch -> the exported model appears        by start-up + budget + export allowance,
+                                                           else stopped there: invalid (budget)
+  exit         model  -> the process exits                 within the exit grace, then stopped (the model
+                                                           saved first is still what gets scored)
+  everything   launch -> exit                              within deadline + exit grace, else timeout
+  evaluation   start  -> the evaluator's result            within the evaluation timeout, else crash
 
-The exported model must not change after it first appears (a second export after more training is
-caught), and nothing protected may change while train.py runs (tripwire.py). Graph and causality
-failures found by the evaluator are integrity failures too: `invalid`, not `crash`.
+Set-up before `start_clock()` and work after `submit()` are time taken from training, never added to it:
+the markers train.py writes (the clock file, `submitted`) are read only to record start-up, training and
+export seconds. The exported model must not change after it first appears (a second export after more
+training is caught), and nothing protected may change while train.py runs (tripwire.py). Graph and
+causality failures found by the evaluator are integrity failures too: `invalid`, not `crash`.
+
+What is recorded: memory_gb is the harness's own measurement of the process tree (procs.TreeMemory);
+steps, params and MFU are as train.py reported them in its summary block (labelled so wherever shown).
 """
 
 from __future__ import annotations
@@ -28,17 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import procs, sandbox, tripwire
-from .harness.clock import CLOCK_FILE_ENV
+from .harness.clock import CLOCK_FILE_ENV, TRAINING_ENDS_ENV
 from .harness.protocol import (EXPORT_ONLY_ENV, PROGRAM_FILE, RUN_DIR_ENV, SEED_ENV, SUBMIT_MARKER,
                                run_evaluator)
 from .harness.settings import WORKSPACE_ENV, Settings
 
 CANDIDATE = "train.py"
 POLL_SECONDS = 0.05
-EXIT_GRACE = 30.0
 LOW_DISK_BYTES = 8 * 2**20
 PAUSE_ENV = "AUTORESEARCH_TEST_PAUSE"  # test seam: stop at a named phase so a test can SIGKILL us there
-INTEGRITY = {"graph", "causality", "shape"}  # evaluator failures: the model breaks the contract
+from .harness.protocol import INTEGRITY_ERRORS as INTEGRITY  # noqa: E402 - evaluator failures: the model breaks the contract
 
 
 def pause(phase: str, journal) -> None:
@@ -48,16 +53,12 @@ def pause(phase: str, journal) -> None:
             time.sleep(1)
 
 
-def export_cap(settings: Settings) -> float:
-    """Seconds allowed from submit() to the exported model on disk."""
-    return max(30.0, 0.1 * settings.profile.time_budget)
-
-
 # ---------------------------------------------------------------------------
 # Logs
 
 def parse_summary(log: str) -> dict[str, str]:
-    """The `key: value` lines after the last `---` line of a train.py log (informational only)."""
+    """The `key: value` lines after the last `---` line of a train.py log: what train.py reports about itself
+    (steps, params, MFU), recorded as reported; no decision and no harness figure is taken from it."""
     if "\n---\n" not in log:
         return {}
     block = log.rsplit("\n---\n", 1)[1]
@@ -109,15 +110,17 @@ def log_tail(path: Path, lines: int = 20) -> str:
 
 @dataclass
 class Watch:
-    """What the parent saw of one train.py process (its own monotonic clock; nothing read from train.py)."""
+    """What the parent saw of one train.py process, on its own monotonic clock. The marker times are when
+    train.py's files appeared: information, never a rule."""
     exit: procs.Exit | None = None
     launched_at: float = 0.0
-    clock_at: float | None = None
-    submit_at: float | None = None
-    program_at: float | None = None
+    clock_at: float | None = None     # the clock file appeared (train.py called start_clock())
+    submit_at: float | None = None    # the `submitted` marker appeared (train.py called submit())
+    program_at: float | None = None   # the exported model appeared
     program_sig: tuple | None = None
     ended_at: float = 0.0
-    violation: str = ""   # a broken time rule: "budget: ...", "start-up cap: ...", "export cap: ..."
+    memory_mb: float = 0.0            # peak memory of the process tree, measured by the parent
+    violation: str = ""   # a broken time rule: "budget: ..."
     lingered: str = ""    # stopped after its model was saved
 
 
@@ -131,7 +134,7 @@ def _signature(path: Path) -> tuple | None:
 
 def train(settings: Settings, run_dir: Path, log_path: Path, journal, seed: int | None, box: str) -> Watch:
     """Run train.py (sandboxed when `box` is "bwrap") with the parent holding every clock."""
-    root, profile = settings.root, settings.profile
+    root, profile, rules = settings.root, settings.profile, settings.profile.time_rules
     env = dict(os.environ)
     env.update({WORKSPACE_ENV: str(root), RUN_DIR_ENV: str(run_dir), EXPORT_ONLY_ENV: "1",
                 CLOCK_FILE_ENV: str(run_dir / "clock.json"), procs.OWNER_ENV: str(root),
@@ -144,11 +147,18 @@ def train(settings: Settings, run_dir: Path, log_path: Path, journal, seed: int 
     if box == "bwrap":
         cmd = sandbox.train_command(cmd, root, run_dir, profile.name, profile.dataset, env)
     watch = Watch(launched_at=time.monotonic())
+    env[TRAINING_ENDS_ENV] = repr(watch.launched_at + rules.training_ends)  # the same clock inside the sandbox
     proc = procs.spawn(cmd, root, env, log_path)
+    memory = procs.TreeMemory(proc.pid)
     journal.update(phase="training", pgid=proc.pid)
     pause("training", journal)
     program = run_dir / PROGRAM_FILE
-    budget_slack = max(5.0, 0.05 * profile.time_budget)
+
+    def end(exit: procs.Exit) -> Watch:
+        watch.exit, watch.ended_at = exit, time.monotonic()
+        watch.memory_mb = memory.peak_mb(exit.max_rss_mb)
+        return watch
+
     try:
         while True:
             now = time.monotonic()
@@ -158,28 +168,21 @@ def train(settings: Settings, run_dir: Path, log_path: Path, journal, seed: int 
                 watch.submit_at = now
             if watch.program_at is None and (sig := _signature(program)) is not None:
                 watch.program_at, watch.program_sig = now, sig
+            memory.sample(now)
             if (done := procs.poll(proc)) is not None:
                 procs.kill_group(proc.pid)  # anything the candidate left behind in its group
-                watch.exit, watch.ended_at = done, time.monotonic()
-                return watch
-            why = ""
-            if now - watch.launched_at > profile.hard_timeout:
-                why = f"hard timeout: still running after {profile.hard_timeout:g}s"
-            elif watch.clock_at is None and now - watch.launched_at > profile.startup_cap:
-                why = watch.violation = (f"start-up cap: the training clock was not started within "
-                                         f"{profile.startup_cap:g}s")
-            elif (watch.clock_at is not None and watch.submit_at is None
-                  and now - watch.clock_at > profile.time_budget + budget_slack):
-                why = watch.violation = (f"budget: still training {now - watch.clock_at:.0f}s after the clock "
-                                         f"started (budget {profile.time_budget:g}s)")
-            elif watch.submit_at is not None and watch.program_at is None and now - watch.submit_at > export_cap(settings):
-                why = watch.violation = (f"export cap: no exported model {export_cap(settings):g}s after submit() "
-                                         "was called")
-            elif watch.program_at is not None and now - watch.program_at > EXIT_GRACE:
-                why = watch.lingered = f"still running {EXIT_GRACE:g}s after its model was saved"
+                return end(done)
+            why, since_launch = "", now - watch.launched_at
+            if since_launch > rules.hard_timeout:
+                why = f"hard timeout: still running {rules.hard_timeout:g}s after launch"
+            elif watch.program_at is None and since_launch > rules.deadline:
+                why = watch.violation = (
+                    f"budget: no exported model {rules.deadline:g}s after launch (start-up allowance "
+                    f"{rules.startup:g}s + budget {rules.budget:g}s + export allowance {rules.export:g}s)")
+            elif watch.program_at is not None and now - watch.program_at > rules.exit_grace:
+                why = watch.lingered = f"still running {rules.exit_grace:g}s after its model was saved"
             if why:
-                watch.exit, watch.ended_at = procs.stop(proc, why), time.monotonic()
-                return watch
+                return end(procs.stop(proc, why))
             time.sleep(POLL_SECONDS)
     except BaseException:
         procs.stop(proc, "interrupted", grace=2.0)
@@ -220,9 +223,21 @@ class Sample:
         return self
 
 
+def _marker_seconds(watch: Watch) -> tuple[float | None, float | None, float | None]:
+    """Start-up, training and export seconds as train.py's markers divide its run (information only: a
+    marker moves no rule). Start-up: launch to the clock file; training: the clock file to the `submitted`
+    marker (or the model); export: the marker to the model."""
+    def seconds(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round(max(0.0, b - a), 2)
+
+    clock = watch.clock_at
+    stop = next((t for t in (watch.submit_at, watch.program_at, watch.ended_at) if t is not None), None)
+    return (seconds(watch.launched_at, clock), seconds(clock, stop), seconds(watch.submit_at, watch.program_at))
+
+
 def evaluate(settings: Settings, program: Path, out: Path, split: str, box: str) -> dict:
     wrap = (lambda cmd, env: sandbox.eval_command(cmd, out, env)) if box == "bwrap" else None
-    return run_evaluator(program, settings.root, out, split=split, timeout=settings.profile.hard_timeout,
+    return run_evaluator(program, settings.root, out, split=split, timeout=settings.profile.time_rules.eval_timeout,
                          env={procs.OWNER_ENV: str(settings.root)}, wrap=wrap)
 
 
@@ -246,19 +261,13 @@ def measure(settings: Settings, run_dir: Path, log_path: Path, journal, seed: in
     journal.write(**journal.data)  # the journal is the parent's: rewrite it whatever happened to the file
 
     sample.train_wall_seconds = round(watch.ended_at - watch.launched_at, 3)
+    sample.memory_gb = round(watch.memory_mb / 1024, 3)  # measured by the parent, whatever train.py printed
     log = log_path.read_text(errors="replace") if log_path.exists() else ""
-    summary = parse_summary(log)
+    summary = parse_summary(log)  # as reported by train.py
     sample.steps = int(_float(summary.get("num_steps")) or 0) or None
     sample.params_m = _float(summary.get("num_params_M"))
     sample.mfu_percent = _float(summary.get("mfu_percent"))
-    vram = _float(summary.get("peak_vram_mb"))
-    sample.memory_gb = round((vram if vram is not None else watch.exit.max_rss_mb) / 1024, 3)
-    if watch.clock_at is not None:
-        sample.startup_seconds = round(watch.clock_at - watch.launched_at, 2)
-        end = watch.submit_at if watch.submit_at is not None else watch.ended_at
-        sample.training_seconds = round(end - watch.clock_at, 2)
-    if watch.submit_at is not None and watch.program_at is not None:
-        sample.export_seconds = round(watch.program_at - watch.submit_at, 2)
+    sample.startup_seconds, sample.training_seconds, sample.export_seconds = _marker_seconds(watch)
 
     if tampered := tripwire.changes(before, scope):
         sample.restored = tripwire.restore(before, scope, run_dir)
@@ -274,9 +283,9 @@ def measure(settings: Settings, run_dir: Path, log_path: Path, journal, seed: in
                            "(exported again after more training?)")
     if watch.lingered:
         sample.note = f"stopped: {watch.lingered}; the model saved at submit was scored"
-    elif watch.exit.returncode != 0 or watch.program_at is None or watch.submit_at is None:
+    elif watch.exit.returncode != 0 or watch.program_at is None:
         return sample.fail("crash", classify_crash(log, watch.exit.returncode, root), log_tail(log_path))
-    if watch.program_at is None or watch.submit_at is None:
+    if watch.program_at is None:
         return sample.fail("crash", "no-submit", log_tail(log_path))
 
     journal.update(phase="evaluating")

@@ -41,7 +41,7 @@ def test_climbmix_prepare_from_a_flaky_hub(hub, tmp_path, monkeypatch):
     fake.files[dl.shard_name(dl.VAL_SHARD)] = parquet_bytes(prose(99, 40))
     fake.hook = lambda name, nth: (500, b"busy", None) if nth == 1 else None  # every file fails once
     profile = Profile(name="mini-climbmix", dataset="climbmix", vocab_size=300, max_seq_len=64, time_budget=1,
-                      eval_tokens=512, eval_batch_size=2, startup_cap=10, num_shards=2)
+                      eval_tokens=512, eval_batch_size=2, startup_allowance=10, export_allowance=5, num_shards=2)
     manifest = prepare(profile, progress=False)
     assert manifest["splits"]["val"]["documents"] == 20 and manifest["splits"]["test"]["documents"] == 20
     assert manifest["splits"]["train"]["documents"] == 400
@@ -60,7 +60,7 @@ def test_tinystories_prepare(hub, tmp_path, monkeypatch):
     fake.files[train] = "\n<|endoftext|>\n".join(prose(1, 300)).encode()
     fake.files[valid] = "\n<|endoftext|>\n".join(prose(2, 30)).encode()
     profile = Profile(name="mini-tiny", dataset="tinystories", vocab_size=280, max_seq_len=64, time_budget=1,
-                      eval_tokens=512, eval_batch_size=2, startup_cap=10)
+                      eval_tokens=512, eval_batch_size=2, startup_allowance=10, export_allowance=5)
     manifest = prepare(profile, progress=False)
     assert manifest["splits"]["train"]["documents"] == 300
     assert manifest["splits"]["val"]["documents"] == 15 and manifest["splits"]["test"]["documents"] == 15

@@ -25,7 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from autoresearch.harness import (
-    MAX_SEQ_LEN, SEED, TIME_BUDGET, Tokenizer, make_dataloader, peak_flops, peak_memory_mb, start_clock, submit,
+    MAX_SEQ_LEN, SEED, TIME_BUDGET, Tokenizer, TrainingClock, make_dataloader, peak_flops, peak_memory_mb,
+    start_clock, submit,
 )
 
 # ---------------------------------------------------------------------------
@@ -107,7 +108,10 @@ def autodetect_device():
     if torch.backends.mps.is_available():
         return DeviceSetup(torch.device("mps"), torch.float32, False, False, None)
     keep_freed_cpu_memory()
-    return DeviceSetup(torch.device("cpu"), torch.float32, True, False, None)
+    # The harness closes the training window at a time fixed from launch, so a cold torch.compile (15-25 s
+    # on a small CPU, before the clock starts) is paid for in training time: worth it for a long window only.
+    window = TrainingClock(TIME_BUDGET).closes_in()
+    return DeviceSetup(torch.device("cpu"), torch.float32, window is None or window > 60, False, None)
 
 # ---------------------------------------------------------------------------
 # GPT model

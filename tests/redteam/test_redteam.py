@@ -3,7 +3,8 @@ number. Each ends `rejected` (the guard), `invalid` (an integrity rule) or recor
 
 Cheats that the sandbox blocks run twice: in the sandbox (blocked), and with `--sandbox off`, where the
 tripwire must still catch them and put everything back. The workspace is a copy of one made per session,
-with a 3 s budget, a baseline already kept, and a 15 s start-up cap (so the start-up cheat is quick).
+with a 3 s budget (the cpu profile's time rules at that budget: a 10 s start-up allowance, a 5 s export
+allowance, so the model is due 18 s after launch) and a baseline already kept.
 """
 
 from __future__ import annotations
@@ -28,9 +29,6 @@ needs_sandbox = pytest.mark.skipif(sandbox.probe() != "", reason=f"no sandbox he
 @pytest.fixture(scope="session")
 def baseline_lab(cache_dir, tmp_path_factory) -> Path:
     root = new_lab(tmp_path_factory.mktemp("redteam") / "lab", budget=3)
-    settings = root / "autoresearch.toml"
-    settings.write_text(settings.read_text().replace("startup_cap = 120.0", "startup_cap = 15.0"))
-    git(root, "commit", "-qam", "start-up cap 15 s for the red team")
     done = run_cli("run", "-m", "baseline", "--rule", "strict", cwd=root)
     assert done.returncode == 0 and done.stdout.startswith("keep"), done.stdout + done.stderr
     return root
@@ -122,8 +120,8 @@ def test_in_the_sandbox_the_record_harness_data_and_host_are_out_of_reach(lab, p
     _, row, log = attempt(lab, compose(cheats.write_ledger, cheats.edit_harness, cheats.read_validation,
                                        cheats.detached_process), env=env)
     assert row["sandbox"] == "bwrap"
-    for what in ("ledger", "results.tsv", "harness", "settings", "val.bin", "test.bin", "corpus",
-                 "training on val"):
+    for what in ("ledger", "results.tsv", "harness", "keep rule", "package", "settings", "val.bin", "test.bin",
+                 "corpus", "training on val"):
         assert f"CHEAT blocked ({what})" in log, (what, log[-3000:])
     assert "CHEAT: read" not in log and "CHEAT: wrote" not in log and "CHEAT: edited" not in log
     assert source.read_bytes() == original
@@ -137,14 +135,19 @@ def test_outside_the_sandbox_tampering_is_invalid_and_undone(lab, private_harnes
     original = source.read_bytes()
     baseline = rows(lab)[0]
     settings = (lab / "autoresearch.toml").read_bytes()
+    package = source.parent.parent
+    originals = {p: p.read_bytes() for p in (package / "selection.py", package / "__init__.py")}
     done, row, log = attempt(lab, compose(cheats.write_ledger, cheats.edit_harness), "--sandbox", "off", env=env)
-    for what in ("wrote the ledger", "wrote results.tsv", "edited the harness", "edited autoresearch.toml"):
+    for what in ("wrote the ledger", "wrote results.tsv", "edited the harness", "edited the keep rule",
+                 "hooked the package", "edited autoresearch.toml"):
         assert f"CHEAT: {what}" in log
     assert row["sandbox"] == "none"
     assert (row["status"], row["error_class"]) == ("invalid", "tamper"), row
     assert done.returncode == 6 and "results.tsv" in row["error_excerpt"] and str(source) in row["error_excerpt"]
     assert_untouched_record(lab, baseline)
     assert source.read_bytes() == original, "the harness was not put back"
+    assert all(p.read_bytes() == b for p, b in originals.items()), "the package was not put back"
+    assert str(package / "selection.py") in row["error_excerpt"]
     assert (lab / "autoresearch.toml").read_bytes() == settings
     evidence = lab / "runs" / f"{row['id']:04d}" / "tampered"
     assert (evidence / "results.tsv.tampered").read_text().endswith("forged\n")
@@ -207,21 +210,30 @@ def test_a_model_returning_its_own_loss_is_invalid(lab):
 # -- time --------------------------------------------------------------------------------------------
 
 
+def stopped_at_the_deadline(lab: Path, row: dict) -> bool:
+    """Stopped as `invalid` (budget) once the deadline passed with no model, within the stop's grace."""
+    from autoresearch.harness.settings import Settings
+    from autoresearch.procs import GRACE_SECONDS
+
+    rules = Settings.load(lab).profile.time_rules
+    return ((row["status"], row["error_class"]) == ("invalid", "budget") and row["val_bpb"] is None
+            and rules.deadline <= row["train_wall_seconds"] < rules.deadline + GRACE_SECONDS + 2)
+
+
 def test_ignoring_the_clock_is_stopped_and_invalid(lab):
-    done, row, _ = attempt(lab, cheats.ignore_clock)
-    assert (row["status"], row["error_class"]) == ("invalid", "budget"), row
-    assert row["training_seconds"] < 3 + 5 + 1  # budget + slack, seen by the parent
+    _, row, _ = attempt(lab, cheats.ignore_clock)
+    assert stopped_at_the_deadline(lab, row), row
 
 
 def test_slowing_the_clock_from_inside_is_stopped_and_invalid(lab):
     _, row, _ = attempt(lab, cheats.patch_clock)
-    assert (row["status"], row["error_class"]) == ("invalid", "budget"), row
+    assert stopped_at_the_deadline(lab, row), row
 
 
-def test_training_before_the_clock_beyond_the_cap_is_stopped_and_invalid(lab):
+def test_training_before_the_clock_past_the_deadline_is_stopped_and_invalid(lab):
     _, row, log = attempt(lab, cheats.train_before_clock)
-    assert (row["status"], row["error_class"]) == ("invalid", "start-up-cap"), row
-    assert "CHEAT: trained" not in log and row["train_wall_seconds"] < 15 + 5 + 2
+    assert stopped_at_the_deadline(lab, row), row
+    assert "CHEAT: trained" not in log
 
 
 def test_training_on_in_a_thread_after_submit_and_exporting_again_is_invalid(lab):
