@@ -131,10 +131,16 @@ class Ledger:
 
     def _open(self) -> None:
         if self.readonly:
-            self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
-                                      isolation_level=None)
-            self.db.row_factory = sqlite3.Row
-            return
+            try:
+                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                          isolation_level=None)
+                self.db.row_factory = sqlite3.Row
+                if self.db.execute("PRAGMA quick_check").fetchone()[0] == "ok":
+                    return
+                self.db.close()
+            except sqlite3.DatabaseError:
+                pass
+            self.readonly = False  # a damaged ledger: the normal open moves it aside and rebuilds it
         try:
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.row_factory = sqlite3.Row
