@@ -17,6 +17,14 @@ def git(root: Path, *args: str, check: bool = True) -> str:
     return proc.stdout.strip()
 
 
+def show_file(root: Path, commit: str, path: str) -> bytes:
+    """A file's bytes as committed (exactly: no decoding, no stripping)."""
+    proc = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=root, capture_output=True)
+    if proc.returncode != 0:
+        raise GitError(f"git show {commit[:7]}:{path} failed in {root}: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
 def is_repo(root: Path) -> bool:
     return subprocess.run(["git", "rev-parse", "--git-dir"], cwd=root, capture_output=True).returncode == 0
 

@@ -43,6 +43,11 @@ MLFLOW = "mlflow"
 HIDING_PLACES = (RUNS, REPORT, STATE)   # ignored by git, so `git status` would not show code put there
 CODE_SUFFIXES = (".py", ".pyc", ".so", ".pth")
 REF_PREFIX = "refs/autoresearch"
+BRANCH_PREFIX = "autoresearch/"         # a workspace's branches: autoresearch/<tag>
+
+
+def branch_of(tag: str) -> str:
+    return BRANCH_PREFIX + tag
 
 
 def run_name(exp_id: int, repeat: int | None = None) -> str:

@@ -18,9 +18,8 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-STATE_DIR = ".autoresearch"
-LEDGER_FILE = "ledger.sqlite"
-RESULTS_TSV = "results.tsv"
+from . import layout
+from .layout import RESULTS_TSV
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
 STATUSES = ("running", "keep", "discard", "crash", "timeout", "rejected", "invalid")
 
@@ -115,8 +114,8 @@ class Ledger:
 
     def __init__(self, root: Path, readonly: bool = False):
         self.root = Path(root)
-        self.dir = self.root / STATE_DIR
-        self.path = self.dir / LEDGER_FILE
+        self.dir = layout.state(self.root)
+        self.path = self.dir / layout.LEDGER_DB
         self.tsv = self.root / RESULTS_TSV
         self.readonly = readonly and self.path.exists()  # a missing ledger is created (empty) either way
         self.dir.mkdir(exist_ok=True)
@@ -156,7 +155,7 @@ class Ledger:
     def _rebuild_from_corrupt(self, error: Exception) -> None:
         if getattr(self, "db", None) is not None:
             self.db.close()
-        aside = self.path.with_name(f"{LEDGER_FILE}.corrupt-{int(time.time())}")
+        aside = self.path.with_name(f"{layout.LEDGER_DB}.corrupt-{int(time.time())}")
         for suffix in ("", "-wal", "-shm"):
             src = Path(str(self.path) + suffix)
             if src.exists():

@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import agents, selection
-from .experiment import NOISE_RUNS, QUARANTINE, Outcome, hidden_code, out_of_scope, run_experiment
-from .noise import run_noise
+from . import agents, layout, selection
+from .experiment import Outcome, run_in_session
 from .git import git
+from .guard import Session, hidden_code, out_of_scope, session
 from .harness.settings import Settings
 from .ledger import Experiment, Ledger
-from .recovery import WorkspaceLock, recover
+from .noise import NOISE_RUNS, measure_noise
 from .workspace import WorkspaceError
 
 HISTORY_ROWS = 40
@@ -56,15 +56,15 @@ def history(ledger: Ledger, branch: str) -> str:
     return "\n".join(lines)
 
 
-def build_context(root: Path, ledger: Ledger, budget: float, failure: agents.Failure | None = None) -> agents.Context:
-    branch = git(root, "symbolic-ref", "--short", "HEAD")
-    return agents.Context(workspace=root, program=(root / "program.md").read_text(),
-                          train_py=(root / "train.py").read_text(), history=history(ledger, branch),
-                          budget_seconds=budget, failure=failure)
+def build_context(s: Session, failure: agents.Failure | None = None) -> agents.Context:
+    root = s.root
+    return agents.Context(workspace=root, program=(root / layout.PROGRAM_MD).read_text(),
+                          train_py=(root / layout.CANDIDATE).read_text(), history=history(s.ledger, s.branch),
+                          budget_seconds=s.profile.time_budget, failure=failure)
 
 
 def failure_of(root: Path, exp: Experiment) -> agents.Failure:
-    diff = git(root, "diff", exp.parent, exp.commit, "--", "train.py", check=False) if exp.commit else ""
+    diff = git(root, "diff", exp.parent, exp.commit, "--", layout.CANDIDATE, check=False) if exp.commit else ""
     return agents.Failure(description=exp.description, status=exp.status, error_class=exp.error_class,
                           log_tail=exp.error_excerpt, diff=diff[-6000:])
 
@@ -120,24 +120,26 @@ def _meta(agent, proposal: agents.Proposal | None) -> dict:
 def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = None, base_url: str | None = None,
              rule: str = selection.DEFAULT_RULE, sandbox_mode: str | None = None, noise_runs: int = NOISE_RUNS,
              noise_every: int = 20) -> int:
-    """The loop; returns the number of experiments run. Raises AgentUnavailable before starting."""
+    """The loop; returns the number of experiments run. Raises AgentUnavailable before starting. One session
+    (the lock, the ledger, the branch) holds for the whole loop."""
+    if rule not in selection.RULES:
+        raise WorkspaceError(f"unknown keep rule {rule!r} (known: {', '.join(selection.RULES)})")
     settings = Settings.load(root)
-    root = settings.root
-    agent = agents.create(agent_name, root, model=model, base_url=base_url)
+    agent = agents.create(agent_name, settings.root, model=model, base_url=base_url)
     agent.check()
-    with WorkspaceLock(root):
-        for message in recover(root, Ledger(root)):
-            print(f"recover: {message}", file=sys.stderr)
-        if stray := out_of_scope(root, git(root, "rev-parse", "HEAD")):
+    with session(settings.root, sandbox_mode) as s:
+        if stray := out_of_scope(s.root, git(s.root, "rev-parse", "HEAD")):
             raise WorkspaceError("the workspace has changes outside train.py (" + ", ".join(stray[:10]) + "); "
                                  "commit, move or remove them before starting the loop")
+        return _loop(s, agent, limits, rule, noise_runs, noise_every)
+
+
+def _loop(s: Session, agent, limits: Limits, rule: str, noise_runs: int, noise_every: int) -> int:
     view = View(agent.name)
-    run = functools.partial(run_experiment, root, rule=rule, sandbox_mode=sandbox_mode, noise_runs=noise_runs)
+    run = functools.partial(run_in_session, s, rule=rule, noise_runs=noise_runs)
     started, done, errors = time.time(), 0, 0
     try:
-        ledger = Ledger(root)
-        branch = git(root, "symbolic-ref", "--short", "HEAD")
-        if ledger.frontier(branch) is None:  # a fresh branch: its train.py as it is is the baseline
+        if s.ledger.frontier(s.branch) is None:  # a fresh branch: its train.py as it is is the baseline
             view.event("baseline", None)
             outcome = run("baseline", meta={"agent": agent.name})
             agent.observe(outcome.experiment)
@@ -147,13 +149,12 @@ def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = No
             if _interrupted(outcome):
                 return done
         while (why := limits.reached(done, started)) is None:
-            ledger = Ledger(root)
-            frontier = ledger.frontier(branch)
+            frontier = s.ledger.frontier(s.branch)
             view.best = frontier.val_bpb if frontier else view.best
             if rule == "noise" and noise_every and done and done % noise_every == 0:
                 view.event("noise", f"re-measuring the noise floor ({noise_runs} repeats of the frontier)")
-                run_noise(root, noise_runs, sandbox_mode)
-            outcome, proposal = _iteration(root, ledger, agent, settings, run, view, done)
+                measure_noise(s, noise_runs)
+            outcome, proposal = _attempt(s, agent, build_context(s), run, view, done)
             if outcome is None:  # the agent failed to propose: back off, never give up
                 errors += 1
                 time.sleep(min(MAX_BACKOFF, 2.0 ** errors))
@@ -164,8 +165,8 @@ def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = No
                 break
             exp = outcome.experiment
             if exp.status in ("crash", "invalid") and exp.error_class in FIXABLE and limits.reached(done, started) is None:
-                fix_ctx = build_context(root, ledger, settings.profile.time_budget, failure_of(root, exp))
-                outcome, _ = _attempt(root, agent, fix_ctx, run, view, done, prefix="fix: ")
+                fix_ctx = build_context(s, failure_of(s.root, exp))
+                outcome, _ = _attempt(s, agent, fix_ctx, run, view, done, prefix="fix: ")
                 if outcome is not None:
                     done += 1
                     if _interrupted(outcome):
@@ -173,7 +174,7 @@ def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = No
         if why:
             view.event("stopped", f"loop stopped: {why}")
     except KeyboardInterrupt:
-        _restore_frontier(root)
+        _restore_frontier(s.root)
         view.event("interrupted", "loop interrupted: the workspace is on the frontier; run the loop again to resume")
     finally:
         view.close()
@@ -184,13 +185,9 @@ def _interrupted(outcome: Outcome) -> bool:
     return outcome.experiment.error_class == "interrupted"
 
 
-def _iteration(root, ledger, agent, settings, run, view, done):
-    ctx = build_context(root, ledger, settings.profile.time_budget)
-    return _attempt(root, agent, ctx, run, view, done)
-
-
-def _attempt(root: Path, agent, ctx: agents.Context, run, view: View, done: int, prefix: str = ""):
+def _attempt(s: Session, agent, ctx: agents.Context, run, view: View, done: int, prefix: str = ""):
     """Ask for one proposal, apply it, run it; (None, None) if the agent produced nothing runnable."""
+    root = s.root
     view.event(f"#{done + 1}: asking {agent.name} for a proposal")
     try:
         proposal = agent.propose(ctx)
@@ -199,7 +196,7 @@ def _attempt(root: Path, agent, ctx: agents.Context, run, view: View, done: int,
         _restore_frontier(root)
         return None, None
     if proposal.train_py is not None:
-        (root / "train.py").write_text(proposal.train_py)
+        (root / layout.CANDIDATE).write_text(proposal.train_py)
     description = prefix + proposal.description
     view.event(f"#{done + 1}: running: {description}")
     outcome = run(description, meta=_meta(agent, proposal))
@@ -216,7 +213,7 @@ def _put_aside(root: Path, exp: Experiment) -> None:
         git(root, "reset", "--quiet", "--soft", exp.parent)  # its commits too, as uncommitted changes
     git(root, "stash", "push", "--include-untracked", "--quiet", "-m",
         f"autoresearch: out-of-scope changes of rejected experiment {exp.id}", check=False)
-    quarantine = root / QUARANTINE / f"{exp.id:04d}"
+    quarantine = layout.state(root, layout.QUARANTINE) / layout.run_name(exp.id)
     for name in hidden_code(root):  # code or links hidden where git does not look: kept, out of the guard's way
         if (root / name).is_symlink() or (root / name).exists():
             target = quarantine / name
@@ -226,4 +223,4 @@ def _put_aside(root: Path, exp: Experiment) -> None:
 
 def _restore_frontier(root: Path) -> None:
     """Undo an applied but never-run proposal: train.py back to the branch tip."""
-    git(root, "checkout", "--", "train.py", check=False)
+    git(root, "checkout", "--", layout.CANDIDATE, check=False)

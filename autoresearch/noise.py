@@ -14,31 +14,26 @@ When an experiment needs the floor before any exists, the candidate's train.py i
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from . import selection
-from .git import git
-from .harness.protocol import DEFAULT_SEED, PROGRAM_FILE
-from .harness.settings import Settings
-from .ledger import Ledger
-from .recovery import Journal
-from .trial import CANDIDATE, measure
+from . import layout, selection
+from .git import git, show_file
+from .guard import Session, session
+from .harness.protocol import DEFAULT_SEED
+from .recovery import Journal, park, unpark
+from .trial import measure
 from .workspace import WorkspaceError
 
-PARKED = "candidate-train.py"
+NOISE_RUNS = 4   # repeats of the frontier when the noise rule finds no noise floor: 5 samples, 4 dof
 
 
-def measure_noise(settings: Settings, ledger: Ledger, runs: int, box: str) -> dict:
+def measure_noise(s: Session, runs: int) -> dict:
     """K repeats of the frontier commit (whose train.py must be in the tree); returns the session."""
-    from .experiment import workspace_branch
-
     if runs < 1:
         raise WorkspaceError("--runs must be at least 1")
-    root = settings.root
-    branch = workspace_branch(root)
+    root, ledger, branch = s.root, s.ledger, s.branch
     frontier = ledger.frontier(branch)
     if frontier is None:
         raise WorkspaceError("no kept experiment on this branch yet: run the baseline first "
@@ -50,14 +45,13 @@ def measure_noise(settings: Settings, ledger: Ledger, runs: int, box: str) -> di
     values = []
     for i in range(runs):
         seed = DEFAULT_SEED + 1 + done + i
-        run_dir = root / "runs" / f"noise-{stamp}-{i + 1}"
-        log_path = root / "runs" / f"noise-{stamp}-{i + 1}.log"
+        run_dir, log_path = layout.noise_run(root, stamp, i + 1)
         print(f"noise: run {i + 1}/{runs} of {frontier.short} (seed {seed}), log {log_path.relative_to(root)}",
               file=sys.stderr)
-        sample = measure(settings, run_dir, log_path, journal, seed, box, ledger)
+        sample = measure(s, run_dir, log_path, journal, seed)
         ledger.add_run(branch, frontier.commit, "noise", seed, sample.val_bpb, sample.status, sample.error_class,
                        str(log_path.relative_to(root)))
-        (run_dir / PROGRAM_FILE).unlink(missing_ok=True)
+        sample.program.unlink(missing_ok=True)
         if sample.status == "ok":
             values.append(sample.val_bpb)
             print(f"noise: val_bpb {sample.val_bpb:.6f}", file=sys.stderr)
@@ -65,7 +59,7 @@ def measure_noise(settings: Settings, ledger: Ledger, runs: int, box: str) -> di
             print(f"noise: run failed ({sample.status}: {sample.error_class})", file=sys.stderr)
     journal.clear()
     if not values:
-        raise WorkspaceError("every noise run failed; see the logs under runs/noise-*")
+        raise WorkspaceError(f"every noise run failed; see the logs under {layout.RUNS}/noise-*")
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else float("nan")
     ledger.add_noise(branch, frontier.commit, values, mean, std)
@@ -75,48 +69,24 @@ def measure_noise(settings: Settings, ledger: Ledger, runs: int, box: str) -> di
             "pooled_dof": floor.dof if floor else 0}
 
 
-def ensure_noise_floor(settings: Settings, ledger: Ledger, runs: int, box: str) -> None:
+def ensure_noise_floor(s: Session, runs: int) -> None:
     """Measure the floor when the branch has none, with the candidate's train.py parked meanwhile."""
-    from .experiment import workspace_branch
-
-    branch = workspace_branch(settings.root)
-    if selection.pooled_noise(ledger.sample_groups(branch)) is not None:
+    if selection.pooled_noise(s.ledger.sample_groups(s.branch)) is not None:
         return
-    root = settings.root
-    frontier = ledger.frontier(branch)
-    print(f"noise: no noise floor on {branch} yet; measuring it with {runs} repeat(s) of the frontier "
+    frontier = s.ledger.frontier(s.branch)
+    print(f"noise: no noise floor on {s.branch} yet; measuring it with {runs} repeat(s) of the frontier "
           f"{frontier.short} first", file=sys.stderr)
-    candidate = (root / CANDIDATE).read_bytes()
-    parked = root / ".autoresearch" / PARKED
-    parked.write_bytes(candidate)
+    park(s.root, show_file(s.root, frontier.commit, layout.CANDIDATE))
     try:
-        shown = subprocess.run(["git", "show", f"{frontier.commit}:{CANDIDATE}"], cwd=root, capture_output=True,
-                               check=True)
-        (root / CANDIDATE).write_bytes(shown.stdout)
-        measure_noise(settings, ledger, runs, box)
+        measure_noise(s, runs)
     finally:
-        (root / CANDIDATE).write_bytes(candidate)
-        parked.unlink()
-
-
-def unpark(root: Path) -> str | None:
-    """Recovery: put back a candidate train.py parked by an interrupted noise measurement."""
-    parked = Path(root) / ".autoresearch" / PARKED
-    if not parked.exists():
-        return None
-    (Path(root) / CANDIDATE).write_bytes(parked.read_bytes())
-    parked.unlink()
-    return "put back the candidate train.py set aside while the noise floor was measured"
+        unpark(s.root)
 
 
 def run_noise(root: Path, runs: int, sandbox_mode: str | None = None) -> dict:
     """`autoresearch noise`: measure the floor on the frontier; the tree must hold the frontier's train.py."""
-    from .experiment import session, workspace_branch
-
-    with session(root, sandbox_mode) as (settings, ledger, box):
-        root = settings.root
-        frontier = ledger.frontier(workspace_branch(root))
-        if frontier is not None and git(root, "status", "--porcelain", "--", CANDIDATE):
+    with session(root, sandbox_mode) as s:
+        if s.ledger.frontier(s.branch) is not None and git(s.root, "status", "--porcelain", "--", layout.CANDIDATE):
             raise WorkspaceError("train.py has edits that are not the frontier's; the noise floor is measured on "
                                  "the frontier: run or put aside your edit first (nothing was changed)")
-        return measure_noise(settings, ledger, runs, box)
+        return measure_noise(s, runs)

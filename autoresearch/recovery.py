@@ -17,20 +17,18 @@ import os
 import time
 from pathlib import Path
 
-from . import procs
+from . import layout, procs
 from .git import git
-from .ledger import STATE_DIR, Experiment, Ledger
+from .ledger import Experiment, Ledger
+from .logs import log_tail
 from .workspace import WorkspaceError
-
-JOURNAL_FILE = "current.json"
-LOCK_FILE = "lock"
 
 
 class WorkspaceLock:
     """An exclusive flock on .autoresearch/lock; the kernel drops it when the holder dies."""
 
     def __init__(self, root: Path):
-        self.path = Path(root) / STATE_DIR / LOCK_FILE
+        self.path = layout.state(root, layout.LOCK)
         self.fd: int | None = None
 
     def __enter__(self) -> "WorkspaceLock":
@@ -58,7 +56,7 @@ class WorkspaceLock:
 
 class Journal:
     def __init__(self, root: Path):
-        self.path = Path(root) / STATE_DIR / JOURNAL_FILE
+        self.path = layout.state(root, layout.JOURNAL)
         self.data: dict = {}
 
     def read(self) -> dict | None:
@@ -72,7 +70,7 @@ class Journal:
 
     def write(self, **data) -> None:
         self.data = data
-        tmp = self.path.with_name(JOURNAL_FILE + ".tmp")
+        tmp = self.path.with_name(layout.JOURNAL + ".tmp")
         with open(tmp, "w") as f:
             json.dump(data, f)
             f.flush()
@@ -90,11 +88,29 @@ class Journal:
 def preserve(root: Path, exp: Experiment) -> None:
     """Keep the candidate commit and any uncommitted edits reachable before the tree is reset."""
     if exp.commit:
-        git(root, "update-ref", f"refs/autoresearch/discarded/{exp.id:04d}", exp.commit)
+        git(root, "update-ref", layout.discarded_ref(exp.id), exp.commit)
     if git(root, "status", "--porcelain", "--untracked-files=no"):
         stash = git(root, "stash", "create", f"autoresearch: edits present when experiment {exp.id} was reset")
         if stash:
-            git(root, "update-ref", f"refs/autoresearch/saved/{exp.id:04d}", stash)
+            git(root, "update-ref", layout.saved_ref(exp.id), stash)
+
+
+def park(root: Path, frontier_train_py: bytes) -> None:
+    """Set the candidate train.py aside and put the frontier's in its place (while the noise floor is
+    measured); `unpark` puts the candidate back, here or in the recovery after a kill."""
+    candidate = Path(root) / layout.CANDIDATE
+    layout.state(root, layout.PARKED).write_bytes(candidate.read_bytes())
+    candidate.write_bytes(frontier_train_py)
+
+
+def unpark(root: Path) -> str | None:
+    """Put back a candidate train.py parked by an interrupted noise measurement."""
+    parked = layout.state(root, layout.PARKED)
+    if not parked.exists():
+        return None
+    (Path(root) / layout.CANDIDATE).write_bytes(parked.read_bytes())
+    parked.unlink()
+    return "put back the candidate train.py set aside while the noise floor was measured"
 
 
 def _clear_stale_git_lock(root: Path) -> str | None:
@@ -113,8 +129,6 @@ def recover(root: Path, ledger: Ledger, reason: str = "the harness process died"
     pgids = [state["pgid"]] if state and state.get("pgid") else []
     if killed := procs.kill_owned(root, pgids):
         messages.append(f"killed {killed} leftover process(es) of the interrupted run")
-    from .noise import unpark
-
     if (note := unpark(root)) is not None:
         messages.append(note)
     if state is None:
@@ -142,7 +156,7 @@ def recover(root: Path, ledger: Ledger, reason: str = "the harness process died"
                 preserve(root, exp)
                 git(root, "reset", "--quiet", "--hard", frontier)
                 messages.append(f"reset the tree to the frontier {frontier[:7]} (candidate kept under "
-                                f"refs/autoresearch/discarded/{exp.id:04d})")
+                                f"{layout.discarded_ref(exp.id)})")
             elif not exp.commit and head != frontier:
                 git(root, "reset", "--quiet", "--soft", frontier)  # uncommitted candidate: keep the edits
                 messages.append(f"moved HEAD back to the frontier {frontier[:7]}; train.py edits kept")
@@ -153,8 +167,6 @@ def recover(root: Path, ledger: Ledger, reason: str = "the harness process died"
 
 
 def _mark_interrupted(ledger: Ledger, exp: Experiment, reason: str) -> None:
-    from .trial import log_tail
-
     exp.status, exp.error_class = "crash", "interrupted"
     exp.reason = reason
     if exp.log_path:

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .git import GitError, current_branch, git
-from .ledger import STATE_DIR, Experiment, Ledger
+from .layout import STATE as STATE_DIR
+from .ledger import Experiment, Ledger
 
 REPORT_DIR = "report"
 PNG_NAME = "progress.png"

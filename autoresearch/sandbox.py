@@ -34,6 +34,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+from . import layout
 from .harness.paths import cache_dir, prepared_dir
 from .harness.settings import SETTINGS_FILE, Settings
 
@@ -196,7 +197,7 @@ def train_command(cmd: list[str], workspace: Path, run_dir: Path, profile_name: 
     corpus, data = package_dir() / "harness" / "corpus", prepared_dir(profile_name)
     args = ["bwrap", *_base(), *(_only(corpus) if corpus.is_dir() else [])]
     args += _only(data, *(_ro(data / name) for name in TRAIN_FILES))
-    args += _only(workspace, _ro(workspace / "train.py"), _ro(workspace / SETTINGS_FILE),
+    args += _only(workspace, _ro(workspace / layout.CANDIDATE), _ro(workspace / SETTINGS_FILE),
                   ["--bind", str(run_dir), str(run_dir)])
     _private(env)
     return args + [*_SEAL, "--chdir", str(workspace), "--", *cmd]

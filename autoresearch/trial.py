@@ -25,25 +25,35 @@ steps, params and MFU are as train.py reported them in its summary block (labell
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import procs, sandbox, tripwire
+from . import layout, procs, sandbox, tripwire
+from .guard import Session
 from .harness.clock import CLOCK_FILE_ENV, TRAINING_ENDS_ENV
-from .harness.protocol import (EXPORT_ONLY_ENV, PROGRAM_FILE, RUN_DIR_ENV, SEED_ENV, SUBMIT_MARKER,
-                               run_evaluator)
-from .harness.settings import WORKSPACE_ENV, Settings
+from .harness.protocol import EXPORT_ONLY_ENV, INTEGRITY_ERRORS, RUN_DIR_ENV, SEED_ENV, SUBMIT_MARKER, run_evaluator
+from .harness.settings import WORKSPACE_ENV
+from .logs import classify_crash, log_tail, number, parse_summary
 
-CANDIDATE = "train.py"
 POLL_SECONDS = 0.05
-LOW_DISK_BYTES = 8 * 2**20
 PAUSE_ENV = "AUTORESEARCH_TEST_PAUSE"  # test seam: stop at a named phase so a test can SIGKILL us there
-from .harness.protocol import INTEGRITY_ERRORS as INTEGRITY  # noqa: E402 - evaluator failures: the model breaks the contract
+
+
+# What train.py may see of the harness's environment: the interpreter's, the toolchain's, the accelerator's
+# and the harness's own settings. Anything else (an agent's API key, a cloud token) stays with the parent.
+ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "SHELL",
+                       "PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH",
+                       "CC", "CXX", "CUDA_HOME", "CUDA_PATH", "XDG_CACHE_HOME",
+                       "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HUGGINGFACE_HUB_CACHE"})
+ENV_PREFIXES = ("LC_", "AUTORESEARCH_", "CUDA_", "NVIDIA_", "TORCH", "PYTORCH_", "TRITON_", "NCCL_", "OMP_",
+                "MKL_", "KMP_", "OPENBLAS_")
+
+
+def candidate_env(environ) -> dict:
+    """The part of `environ` that train.py gets (an allowlist: ENV_NAMES and ENV_PREFIXES)."""
+    return {k: v for k, v in environ.items() if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
 
 
 def pause(phase: str, journal) -> None:
@@ -51,58 +61,6 @@ def pause(phase: str, journal) -> None:
         (journal.path.parent / f"paused-{phase}").write_text(str(os.getpid()))
         while True:
             time.sleep(1)
-
-
-# ---------------------------------------------------------------------------
-# Logs
-
-def parse_summary(log: str) -> dict[str, str]:
-    """The `key: value` lines after the last `---` line of a train.py log: what train.py reports about itself
-    (steps, params, MFU), recorded as reported; no decision and no harness figure is taken from it."""
-    if "\n---\n" not in log:
-        return {}
-    block = log.rsplit("\n---\n", 1)[1]
-    return {k.strip(): v.strip() for k, v in (l.split(":", 1) for l in block.splitlines() if ":" in l)}
-
-
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-CRASH_PATTERNS = [
-    ("disk-full", re.compile(r"No space left on device|database or disk is full", re.I)),
-    ("syntax", re.compile(r"^(SyntaxError|IndentationError|TabError)\b", re.M)),
-    ("import", re.compile(r"^(ModuleNotFoundError|ImportError)\b", re.M)),
-    ("nan", re.compile(r"^FAIL: training loss", re.M)),
-    ("oom", re.compile(r"OutOfMemoryError|out of memory|^MemoryError\b", re.M | re.I)),
-    ("export", re.compile(r"SubmissionError: export", re.M)),
-]
-
-
-def classify_crash(log: str, returncode: int, root: Path | None = None) -> str:
-    if root is not None and shutil.disk_usage(root).free < LOW_DISK_BYTES:
-        return "disk-full"  # the log itself may not have been writable
-    for name, pattern in CRASH_PATTERNS:
-        if pattern.search(log):
-            return name
-    if returncode < 0:
-        return "oom" if returncode == -signal.SIGKILL else "signal"
-    if "Traceback (most recent call last)" in log:
-        return "exception"
-    return "no-submit" if returncode == 0 else "exit"
-
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    """The last non-empty lines of a log (progress lines written with \\r count as lines)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    kept = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])[-4000:]
 
 
 # ---------------------------------------------------------------------------
@@ -132,10 +90,10 @@ def _signature(path: Path) -> tuple | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def train(settings: Settings, run_dir: Path, log_path: Path, journal, seed: int | None, box: str) -> Watch:
-    """Run train.py (sandboxed when `box` is "bwrap") with the parent holding every clock."""
-    root, profile, rules = settings.root, settings.profile, settings.profile.time_rules
-    env = dict(os.environ)
+def train(s: Session, run_dir: Path, log_path: Path, journal, seed: int | None) -> Watch:
+    """Run train.py (sandboxed when the session's sandbox is "bwrap") with the parent holding every clock."""
+    root, profile, rules = s.root, s.profile, s.profile.time_rules
+    env = candidate_env(os.environ)
     env.update({WORKSPACE_ENV: str(root), RUN_DIR_ENV: str(run_dir), EXPORT_ONLY_ENV: "1",
                 CLOCK_FILE_ENV: str(run_dir / "clock.json"), procs.OWNER_ENV: str(root),
                 "PYTHONUNBUFFERED": "1"})
@@ -143,8 +101,8 @@ def train(settings: Settings, run_dir: Path, log_path: Path, journal, seed: int 
     env.pop(SEED_ENV, None)
     if seed is not None:
         env[SEED_ENV] = str(seed)
-    cmd = [sys.executable, CANDIDATE]
-    if box == "bwrap":
+    cmd = [sys.executable, layout.CANDIDATE]
+    if s.sandbox == "bwrap":
         cmd = sandbox.train_command(cmd, root, run_dir, profile.name, profile.dataset, env)
     watch = Watch(launched_at=time.monotonic())
     env[TRAINING_ENDS_ENV] = repr(watch.launched_at + rules.training_ends)  # the same clock inside the sandbox
@@ -152,7 +110,7 @@ def train(settings: Settings, run_dir: Path, log_path: Path, journal, seed: int 
     memory = procs.TreeMemory(proc.pid)
     journal.update(phase="training", pgid=proc.pid)
     pause("training", journal)
-    program = run_dir / PROGRAM_FILE
+    program = run_dir / layout.EXPORTED_MODEL
 
     def end(exit: procs.Exit) -> Watch:
         watch.exit, watch.ended_at = exit, time.monotonic()
@@ -216,7 +174,7 @@ class Sample:
 
     @property
     def program(self) -> Path:
-        return self.run_dir / PROGRAM_FILE
+        return self.run_dir / layout.EXPORTED_MODEL
 
     def fail(self, status: str, error_class: str, excerpt: str) -> "Sample":
         self.status, self.error_class, self.error_excerpt = status, error_class, excerpt
@@ -235,28 +193,27 @@ def _marker_seconds(watch: Watch) -> tuple[float | None, float | None, float | N
     return (seconds(watch.launched_at, clock), seconds(clock, stop), seconds(watch.submit_at, watch.program_at))
 
 
-def evaluate(settings: Settings, program: Path, out: Path, split: str, box: str) -> dict:
-    wrap = (lambda cmd, env: sandbox.eval_command(cmd, out, env)) if box == "bwrap" else None
-    return run_evaluator(program, settings.root, out, split=split, timeout=settings.profile.time_rules.eval_timeout,
-                         env={procs.OWNER_ENV: str(settings.root)}, wrap=wrap)
+def evaluate(s: Session, program: Path, out: Path, split: str) -> dict:
+    """The frozen evaluator on an exported model, in its own (sandboxed) process: {"<split>_bpb": ...} or
+    {"error": ..., "error_class": ...}."""
+    def wrap(cmd, env):
+        return sandbox.eval_command(cmd, out, env, workspace=s.root, profile_name=s.profile.name)
+
+    return run_evaluator(program, s.root, out, split=split, timeout=s.profile.time_rules.eval_timeout,
+                         env={procs.OWNER_ENV: str(s.root)}, wrap=wrap if s.sandbox == "bwrap" else None)
 
 
-def measure(settings: Settings, run_dir: Path, log_path: Path, journal, seed: int | None, box: str,
-            ledger=None) -> Sample:
-    """Train once, check the rules, score on the validation split. `ledger` is reopened if restored."""
-    root, profile = settings.root, settings.profile
-    sample = Sample(seed, run_dir, log_path, sandbox=box)
+def measure(s: Session, run_dir: Path, log_path: Path, journal, seed: int | None) -> Sample:
+    """Train once, check the rules, score on the validation split. The session's ledger is reopened if
+    train.py damaged it (the tripwire restores it)."""
+    root, profile = s.root, s.profile
+    sample = Sample(seed, run_dir, log_path, sandbox=s.sandbox)
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = root / ".autoresearch"
-    scope = tripwire.Scope(root, profile.name, profile.dataset, ignore=(journal.path, state / "lock"),
-                           ledger=ledger)
-    if ledger is not None:
-        ledger.checkpoint()  # keep the write-ahead log short; the snapshot reads through the connection
+    scope = tripwire.Scope(root, profile.name, profile.dataset, ignore=(journal.path, layout.state(root, layout.LOCK)),
+                           ledger=s.ledger)
+    s.ledger.checkpoint()  # keep the write-ahead log short; the snapshot reads through the connection
     before = tripwire.take(scope)
-    try:
-        watch = train(settings, run_dir, log_path, journal, seed, box)
-    finally:
-        shutil.rmtree(run_dir / "tmp", ignore_errors=True)  # the sandbox's private temp dir
+    watch = train(s, run_dir, log_path, journal, seed)
     procs.kill_owned(root)  # anything train.py started that left its process group (outside a sandbox)
     journal.write(**journal.data)  # the journal is the parent's: rewrite it whatever happened to the file
 
@@ -264,9 +221,9 @@ def measure(settings: Settings, run_dir: Path, log_path: Path, journal, seed: in
     sample.memory_gb = round(watch.memory_mb / 1024, 3)  # measured by the parent, whatever train.py printed
     log = log_path.read_text(errors="replace") if log_path.exists() else ""
     summary = parse_summary(log)  # as reported by train.py
-    sample.steps = int(_float(summary.get("num_steps")) or 0) or None
-    sample.params_m = _float(summary.get("num_params_M"))
-    sample.mfu_percent = _float(summary.get("mfu_percent"))
+    sample.steps = int(number(summary.get("num_steps")) or 0) or None
+    sample.params_m = number(summary.get("num_params_M"))
+    sample.mfu_percent = number(summary.get("mfu_percent"))
     sample.startup_seconds, sample.training_seconds, sample.export_seconds = _marker_seconds(watch)
 
     if tampered := tripwire.changes(before, scope):
@@ -291,10 +248,10 @@ def measure(settings: Settings, run_dir: Path, log_path: Path, journal, seed: in
     journal.update(phase="evaluating")
     pause("evaluating", journal)
     t_eval = time.monotonic()
-    result = evaluate(settings, sample.program, run_dir, "val", box)
+    result = evaluate(s, sample.program, run_dir, "val")
     sample.eval_wall_seconds = round(time.monotonic() - t_eval, 3)
     if "error" in result:
-        status = "invalid" if result["error_class"] in INTEGRITY else "crash"
+        status = "invalid" if result["error_class"] in INTEGRITY_ERRORS else "crash"
         return sample.fail(status, result["error_class"], result["error"])
     sample.val_bpb = result["val_bpb"]
     return sample

@@ -30,11 +30,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import layout
 from .harness.paths import prepared_dir, raw_dir
 
 KEEP_BYTES = 2**20              # files up to this size are restorable...
 STATE_KEEP_BYTES = 64 * 2**20   # ...and the harness's own state (the ledger) up to this
-_WORKSPACE_SKIP = ("runs", "report", ".git/objects", ".git/logs", ".git/lfs")
+_WORKSPACE_SKIP = (layout.RUNS, layout.REPORT, ".git/objects", ".git/logs", ".git/lfs")
 _WORKSPACE_SKIP_FILES = (".git/index",)  # a plain `git status` meanwhile may refresh it
 _STARTUP_NAMES = ("sitecustomize.py", "usercustomize.py")
 
@@ -110,7 +111,7 @@ def take(scope: Scope) -> Snapshot:
         if path in ledger_files:  # stat only: opening it would drop SQLite's locks (module docstring)
             snap.add(path, "workspace", keep=False)
             continue
-        state = path.parent.name == ".autoresearch"
+        state = path.parent.name == layout.STATE
         snap.add(path, "workspace", keep=True, limit=STATE_KEEP_BYTES if state else KEEP_BYTES)
     if scope.ledger is not None:
         snap.ledger = scope.ledger.snapshot()

@@ -12,19 +12,19 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from . import __version__
+from . import __version__, layout
 from .git import branch_exists, current_branch, ensure_identity, git, is_repo
 from .harness.profiles import Profile, get_profile
 from .harness.settings import SETTINGS_FILE, Settings, harness_fingerprint
 
-GITIGNORE = """\
+GITIGNORE = f"""\
 # written by autoresearch: results and logs stay out of the experiment history
-results.tsv
-runs/
+{layout.RESULTS_TSV}
+{layout.RUNS}/
 *.log
 __pycache__/
-.autoresearch/
-report/
+{layout.STATE}/
+{layout.REPORT}/
 """
 
 # Hyperparameter defaults of train.py per profile (the template's own values are the h100 ones).
@@ -48,7 +48,7 @@ def default_tag(today: _dt.date | None = None) -> str:
 
 def render_train_py(profile: Profile) -> str:
     """The template train.py with the profile's defaults written into its constants block."""
-    text = resources.files("autoresearch.template").joinpath("train.py").read_text()
+    text = resources.files("autoresearch.template").joinpath(layout.CANDIDATE).read_text()
     for name, value in TRAIN_DEFAULTS.get(profile.name, {}).items():
         match = re.search(rf"^{name} = [^#\n]*(#.*)?$", text, re.M)
         if match is None:
@@ -61,7 +61,7 @@ def render_train_py(profile: Profile) -> str:
 
 
 def render_program_md(profile: Profile, tag: str) -> str:
-    text = resources.files("autoresearch.template").joinpath("program.md").read_text()
+    text = resources.files("autoresearch.template").joinpath(layout.PROGRAM_MD).read_text()
     return (text.replace("{tag}", tag).replace("{profile}", profile.name)
             .replace("{budget}", f"{profile.time_budget:g}").replace("{timeout}", f"{profile.hard_timeout:g}"))
 
@@ -74,7 +74,7 @@ def init_workspace(directory: Path, profile_name: str, budget: float | None = No
     tag = tag or default_tag()
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", tag):
         raise WorkspaceError(f"invalid tag {tag!r}: use letters, digits, '.', '_' or '-'")
-    branch = f"autoresearch/{tag}"
+    branch = layout.branch_of(tag)
     directory = directory.expanduser().resolve()
 
     if (directory / SETTINGS_FILE).exists() and is_repo(directory):
@@ -90,10 +90,10 @@ def init_workspace(directory: Path, profile_name: str, budget: float | None = No
     settings = Settings(root=directory, profile=profile, harness_version=__version__,
                         harness_fingerprint=harness_fingerprint())
     settings.save()
-    (directory / "train.py").write_text(render_train_py(profile))
-    (directory / "program.md").write_text(render_program_md(profile, tag))
+    (directory / layout.CANDIDATE).write_text(render_train_py(profile))
+    (directory / layout.PROGRAM_MD).write_text(render_program_md(profile, tag))
     (directory / ".gitignore").write_text(GITIGNORE)
-    git(directory, "add", "train.py", "program.md", SETTINGS_FILE, ".gitignore")
+    git(directory, "add", layout.CANDIDATE, layout.PROGRAM_MD, SETTINGS_FILE, ".gitignore")
     git(directory, "commit", "--quiet", "-m", f"autoresearch init: profile {profile.name}, budget {profile.time_budget:g}s")
     return settings
 
@@ -122,10 +122,14 @@ def open_workspace(start: Path | None = None) -> Settings:
     return Settings.load(root)
 
 
+def data_pins(manifest: dict) -> dict:
+    """The fingerprints of prepared data that a workspace pins (autoresearch.toml's [data])."""
+    return {"data_fingerprint": manifest["data_fingerprint"], "tokenizer_fingerprint": manifest["tokenizer_fingerprint"]}
+
+
 def pin_data(settings: Settings, manifest: dict) -> bool:
     """Record the data and tokenizer fingerprints on first prepare; refuse a later mismatch."""
-    pinned = {"data_fingerprint": manifest["data_fingerprint"],
-              "tokenizer_fingerprint": manifest["tokenizer_fingerprint"]}
+    pinned = data_pins(manifest)
     if settings.data:
         if settings.data != pinned:
             raise WorkspaceError(
@@ -141,4 +145,4 @@ def pin_data(settings: Settings, manifest: dict) -> bool:
     return True
 
 
-__all__ = ["init_workspace", "open_workspace", "pin_data", "render_train_py", "WorkspaceError", "current_branch"]
+__all__ = ["init_workspace", "open_workspace", "pin_data", "data_pins", "render_train_py", "WorkspaceError", "current_branch"]

@@ -29,6 +29,8 @@ from autoresearch.harness.profiles import get_profile  # noqa: E402
 from autoresearch.harness.settings import Settings  # noqa: E402
 from autoresearch.recovery import Journal  # noqa: E402
 from autoresearch.trial import measure  # noqa: E402
+from autoresearch.guard import Session  # noqa: E402
+from autoresearch.ledger import Ledger  # noqa: E402
 from autoresearch.workspace import init_workspace, pin_data  # noqa: E402
 
 LRS = ("EMBEDDING_LR", "UNEMBEDDING_LR", "MATRIX_LR", "SCALAR_LR")
@@ -62,6 +64,7 @@ def main() -> int:
     pin_data(settings, load_manifest(settings.profile))
     settings = Settings.load(tmp / "lab")
     root, box = settings.root, sandbox.resolve(None)
+    session = Session(settings, Ledger(root), box, "autoresearch/bench")
     pristine = (root / "train.py").read_text()
     base_text = scale_lrs(pristine, args.lr_scale)
     (root / ".autoresearch").mkdir(exist_ok=True)
@@ -71,7 +74,7 @@ def main() -> int:
     def sample(text: str, seed: int | None) -> float:
         (root / "train.py").write_text(text)
         n = next(counter)
-        s = measure(settings, root / "runs" / f"b{n:03d}", root / "runs" / f"b{n:03d}.log", journal, seed, box)
+        s = measure(session, root / "runs" / f"b{n:03d}", root / "runs" / f"b{n:03d}.log", journal, seed)
         if s.status != "ok":
             raise SystemExit(f"run {n} failed: {s.status} {s.error_class}\n{s.error_excerpt}")
         return s.val_bpb

@@ -6,8 +6,8 @@ In a fresh cpu workspace (its own cache unless $AUTORESEARCH_CACHE is set): `aut
 then `autoresearch loop --max-experiments N` with every default (the Optuna agent, the noise rule, the
 sandbox), while a second process runs `status`, `show`, `lineage` and `report` in turn, as a user would.
 Printed: the verdicts, how many honest proposals were recorded `invalid` (must be 0), processes left with
-the workspace's marker (must be 0), files left in the host's temporary folder and in the workspace beyond
-what the ledger accounts for (must be 0), and the wall time. Exit code 1 when any of the three is not 0.
+the workspace's marker (must be 0), files left in the temporary folder (the run's own TMPDIR) and in the
+workspace beyond what the ledger accounts for (must be 0), and the wall time. Exit code 1 when any is not 0.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from autoresearch.layout import run_dirs_of  # noqa: E402
 from autoresearch.procs import owned_pids  # noqa: E402
 
 
@@ -58,8 +59,9 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="soak-"))
     os.environ.setdefault("AUTORESEARCH_CACHE", str(base / "cache"))
     lab = base / "lab"
-    tmp = Path(tempfile.gettempdir())
-    before_tmp = set(tmp.iterdir())
+    tmp = base / "tmp"  # the harness's temporary folder, its own: other work on the machine cannot blur it
+    tmp.mkdir()
+    os.environ["TMPDIR"] = str(tmp)
     t0 = time.monotonic()
     cli("init", str(lab), "--profile", "cpu", "--budget", f"{args.budget:g}", cwd=base)
     cli("prepare", cwd=lab)
@@ -80,10 +82,10 @@ def main() -> int:
     verdicts = collections.Counter(status for _, status, _, _ in rows)
     invalid = [(i, c, (e or "").splitlines()[0][:120]) for i, s, c, e in rows if s == "invalid"]
     leaked = owned_pids(lab)
-    new_tmp = sorted(str(p) for p in set(tmp.iterdir()) - before_tmp if not str(p).startswith(str(base)))
+    new_tmp = sorted(str(p) for p in tmp.iterdir())
     untracked = subprocess.run(["git", "status", "--porcelain"], cwd=lab, capture_output=True, text=True).stdout
     programs = sorted(str(p.relative_to(lab)) for p in (lab / "runs").rglob("model.pt2"))
-    kept = {f"runs/{i:04d}/model.pt2" for i, s, _, _ in rows if s == "keep"}
+    kept = {str(d.relative_to(lab) / "model.pt2") for i, s, _, _ in rows if s == "keep" for d in run_dirs_of(lab, i)}
     stray_programs = [p for p in programs if p not in kept]
 
     print(f"soak: {len(rows)} experiments in {wall / 60:.1f} min (budget {args.budget:g} s, loop exit "
@@ -91,7 +93,7 @@ def main() -> int:
     print(f"watcher: {dict(seen)}")
     print(f"invalid verdicts on honest proposals: {len(invalid)} {invalid}")
     print(f"leaked processes: {len(leaked)} {leaked}")
-    print(f"files left: host temp {len(new_tmp)} {new_tmp[:5]}; workspace changes {untracked.strip() or 'none'}; "
+    print(f"files left: temp folder {len(new_tmp)} {new_tmp[:5]}; workspace changes {untracked.strip() or 'none'}; "
           f"exported models of unkept runs {len(stray_programs)}")
     if args.keep:
         print(f"workspace kept at {lab}")

@@ -28,7 +28,7 @@ from autoresearch import agents
 from autoresearch.agents import AgentError, AgentUnavailable, Context
 from autoresearch.agents.claude_code import ClaudeCodeAgent, description_from, parse_result, usage_of
 from autoresearch.agents.codex_cli import CodexAgent, filesystem_rules, parse_events
-from autoresearch.experiment import out_of_scope
+from autoresearch.guard import out_of_scope
 from autoresearch.git import git
 from autoresearch.workspace import init_workspace
 

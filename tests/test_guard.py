@@ -7,7 +7,7 @@ import os
 
 from conftest import git, new_lab, rows, run_cli
 
-from autoresearch.experiment import out_of_scope
+from autoresearch.guard import out_of_scope
 
 
 def test_a_symlink_in_an_ignored_folder_is_refused_like_hidden_code(cache_dir, tmp_path):

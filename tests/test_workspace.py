@@ -119,7 +119,7 @@ def test_a_workspace_from_an_older_release_keeps_its_metric_and_says_so(workspac
     """A 0.1 workspace (no metric_version, another fingerprint) keeps working, scored by metric 1; an
     installation edited in place (same version, other files) is refused."""
     from autoresearch import __version__
-    from autoresearch.experiment import check_frozen, metric_note
+    from autoresearch.guard import check_frozen, metric_note
     from autoresearch.harness.settings import METRIC_VERSION
 
     settings = Settings.load(workspace.root)
