@@ -33,6 +33,7 @@ from pathlib import Path
 from . import layout, procs, sandbox, tripwire
 from .guard import Session
 from .harness.clock import CLOCK_FILE_ENV, TRAINING_ENDS_ENV
+from .harness.paths import CACHE_ENV, cache_dir
 from .harness.protocol import EXPORT_ONLY_ENV, INTEGRITY_ERRORS, RUN_DIR_ENV, SEED_ENV, SUBMIT_MARKER, run_evaluator
 from .harness.settings import WORKSPACE_ENV
 from .logs import classify_crash, log_tail, number, parse_summary
@@ -95,6 +96,7 @@ def train(s: Session, run_dir: Path, log_path: Path, journal, seed: int | None) 
     root, profile, rules = s.root, s.profile, s.profile.time_rules
     env = candidate_env(os.environ)
     env.update({WORKSPACE_ENV: str(root), RUN_DIR_ENV: str(run_dir), EXPORT_ONLY_ENV: "1",
+                CACHE_ENV: str(cache_dir()),  # the sandbox's HOME is its own: name the data's place
                 CLOCK_FILE_ENV: str(run_dir / "clock.json"), procs.OWNER_ENV: str(root),
                 "PYTHONUNBUFFERED": "1"})
     env.pop(PAUSE_ENV, None)

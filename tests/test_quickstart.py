@@ -42,8 +42,16 @@ def user_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in TEST_SETTINGS}
 
 
-def test_quick_start_with_default_flags(cache_dir, tmp_path):
-    env = user_env()
+def new_user_env(home: Path) -> dict:
+    """A new user's: no test setting and no AUTORESEARCH_CACHE, a home of their own (the data goes to the
+    default place, ~/.cache/autoresearch, and the sandbox must still find it there)."""
+    home.mkdir()
+    env = {k: v for k, v in user_env().items() if k != "AUTORESEARCH_CACHE"}
+    return {**env, "HOME": str(home)}
+
+
+def test_quick_start_with_default_flags(tmp_path):
+    env = new_user_env(tmp_path / "home")
     done = autoresearch("init", str(tmp_path / "lab"), "--profile", "cpu", "--budget", "3", cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     lab = tmp_path / "lab"
@@ -71,6 +79,7 @@ def test_quick_start_with_default_flags(cache_dir, tmp_path):
     assert report.returncode == 0, report.stderr
     assert (lab / "report" / "progress.png").stat().st_size > 0
     assert (lab / "report" / "report.html").stat().st_size > 0
+    assert (tmp_path / "home" / ".cache" / "autoresearch" / "prepared" / "cpu").is_dir()
 
 
 def _edit(lab: Path, old: str, new: str) -> None:
