@@ -26,7 +26,8 @@ import pytest
 
 from autoresearch import agents
 from autoresearch.agents import AgentError, AgentUnavailable, Context
-from autoresearch.agents.claude_code import ClaudeCodeAgent, description_from, parse_result, usage_of
+from autoresearch.agents.claude_code import ClaudeCodeAgent, parse_result, usage_of
+from autoresearch.agents.cli_tools import description_from
 from autoresearch.agents.codex_cli import CodexAgent, filesystem_rules, parse_events
 from autoresearch.guard import out_of_scope
 from autoresearch.git import git

@@ -468,3 +468,21 @@ def test_apply_edits_that_change_nothing_are_rejected():
 def test_apply_edits_rejects_an_empty_search():
     with pytest.raises(AgentError, match="block 1 of 1: its SEARCH section is empty"):
         apply_edits(TRAIN_PY, [("", "X = 1")])
+
+
+# --------------------------------------------------------------------------- resolution shared by the backends
+
+def test_endpoint_resolves_the_flag_then_the_environment_then_the_default(monkeypatch):
+    from autoresearch.agents.base import Endpoint
+
+    ep = Endpoint(base_url_env="X_BASE_URL", default_base_url="https://default/v1/", key_env="X_KEY",
+                  other_credentials=("X_TOKEN",), default_model="m0")
+    assert (ep.model(None), ep.base_url(None), ep.key()) == ("m0", "https://default/v1", None)
+    monkeypatch.setenv("AUTORESEARCH_MODEL", "m1")
+    monkeypatch.setenv("X_BASE_URL", "http://env:1/")
+    monkeypatch.setenv("X_KEY", "")                     # empty counts as unset
+    assert (ep.model(None), ep.base_url(None), ep.key()) == ("m1", "http://env:1", None)
+    assert (ep.model("m2"), ep.base_url("http://flag:2"), ep.key("k2")) == ("m2", "http://flag:2", "k2")
+    assert not ep.has_credentials() and Endpoint().base_url(None) is None
+    monkeypatch.setenv("X_TOKEN", "t")                  # read when asked, not when the Endpoint was made
+    assert ep.has_credentials()

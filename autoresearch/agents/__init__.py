@@ -1,6 +1,7 @@
-"""Agent backends, found by name. Each is one small module behind the interface in `base.py`.
+"""Agent backends, found by name. Each is one small module behind the interface in `base.py`;
+no backend imports another (what several share: `base.py`, `http.py`, `edits.py`, `cli_tools.py`).
 
-    optuna     offline default: TPE over the UPPER_CASE constants of train.py (no model, no network)
+    optuna     offline default: TPE over the constants of train.py's hyperparameter block (no model, no network)
     openai     any OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp server, OpenAI)
     anthropic  the Anthropic Messages API
     claude     Claude Code CLI, headless, allowed to edit train.py only

@@ -9,17 +9,18 @@ The model answers with search/replace edits (see `edits.py`); the harness applie
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from . import http
-from .base import AgentError, AgentUnavailable, Context, Proposal
+from .base import AgentError, AgentUnavailable, Context, Endpoint, Proposal
 from .edits import EDIT_INSTRUCTIONS, proposal_from_reply
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-4-5"
 API_VERSION = "2023-06-01"
+ENDPOINT = Endpoint(base_url_env="ANTHROPIC_BASE_URL", default_base_url=DEFAULT_BASE_URL, key_env="ANTHROPIC_API_KEY",
+                    default_model=DEFAULT_MODEL)
 
 
 class AnthropicAgent:
@@ -29,9 +30,9 @@ class AnthropicAgent:
                  api_key: str | None = None, max_tokens: int = 8192, temperature: float | None = None,
                  timeout: float = 600.0, retries: int = 3, backoff: float = 2.0, check_timeout: float = 5.0):
         self.workspace = Path(workspace) if workspace is not None else None
-        self.base_url = (base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self.model = model or os.environ.get("AUTORESEARCH_MODEL") or DEFAULT_MODEL
-        self.api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
+        self.base_url = ENDPOINT.base_url(base_url)
+        self.model = ENDPOINT.model(model)
+        self.api_key = ENDPOINT.key(api_key)
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.timeout = timeout

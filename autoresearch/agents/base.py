@@ -4,10 +4,15 @@ An agent proposes; the harness disposes. `propose(context)` returns a Proposal: 
 train.py (backends that answer with edits, applied by the harness) or nothing, for backends that edit the
 workspace themselves (coding-agent CLIs). Either way the next step is `autoresearch run`, whose guard
 decides what may run. `observe(experiment)` lets a backend learn from every recorded result.
+
+Backends declare, the base resolves: a backend that talks to a model names its variables in an Endpoint
+(base URL, key, default model), and every one of them resolves the flag, the environment and the default
+the same way. `as_int` / `as_float` read the numbers of a JSON answer (token counts, cost).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -84,3 +89,51 @@ class Agent(Protocol):
 
     def observe(self, experiment) -> None:
         """Called with every recorded experiment (a ledger row); backends that learn use it."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resolution shared by the backends that talk to a model
+
+MODEL_ENV = "AUTORESEARCH_MODEL"   # the model of any backend when --model is not given
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A backend's variables and defaults. Each value resolves the same way for every backend: the flag
+    when given, else the environment variable, else the default; an empty value counts as unset."""
+
+    base_url_env: str | None = None           # e.g. OPENAI_BASE_URL
+    default_base_url: str | None = None
+    key_env: str | None = None                # e.g. OPENAI_API_KEY
+    other_credentials: tuple[str, ...] = ()   # variables a CLI accepts in place of the key
+    default_model: str | None = None
+
+    def model(self, flag: str | None) -> str | None:
+        return _first(flag, MODEL_ENV, self.default_model)
+
+    def base_url(self, flag: str | None) -> str | None:
+        """The server's URL, without a trailing slash."""
+        return (_first(flag, self.base_url_env, self.default_base_url) or "").rstrip("/") or None
+
+    def key(self, flag: str | None = None) -> str | None:
+        return _first(flag, self.key_env, None)
+
+    def has_credentials(self) -> bool:
+        """Whether the key or any other credential variable is set (read now: the CLIs read them when run)."""
+        return any(os.environ.get(name) for name in (self.key_env, *self.other_credentials) if name)
+
+
+def _first(flag: str | None, env: str | None, default: str | None) -> str | None:
+    return flag or (os.environ.get(env) if env else None) or default
+
+
+def as_int(value) -> int | None:
+    """A JSON number that is an integer (true and false are not), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def as_float(value) -> float | None:
+    """A JSON number as a float (true and false are not numbers), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)

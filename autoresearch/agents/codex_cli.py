@@ -40,18 +40,19 @@ import time
 import tomllib
 from pathlib import Path
 
+from ..harness.paths import cache_dir
+from ..layout import CANDIDATE
 from . import http
-from .base import AgentError, AgentUnavailable, Context, Proposal
-from .claude_code import description_from, find_executable, prompt_for_cli, require_some_change, run_cli
+from .base import AgentError, AgentUnavailable, Context, Endpoint, Proposal, as_int
+from .cli_tools import description_from, find_executable, prompt_for_cli, require_some_change, run_cli
 from .http import excerpt
 
 BIN_ENV = "AUTORESEARCH_CODEX_BIN"
 INSTALL_HINT = "npm install -g @openai/codex"
-KEY_ENVS = ("OPENAI_API_KEY", "CODEX_API_KEY")
+ENDPOINT = Endpoint(base_url_env="OPENAI_BASE_URL", key_env="OPENAI_API_KEY", other_credentials=("CODEX_API_KEY",))
 DEFAULT_TIMEOUT = 1800.0
 PROFILE = "autoresearch"
 PROVIDER = "autoresearch"
-CANDIDATE = "train.py"
 
 
 class CodexAgent:
@@ -60,8 +61,8 @@ class CodexAgent:
     def __init__(self, workspace: Path | None = None, model: str | None = None, base_url: str | None = None, *,
                  timeout: float = DEFAULT_TIMEOUT, executable: str | None = None, check_timeout: float = 5.0):
         self.workspace = Path(workspace) if workspace is not None else None
-        self.model = model or os.environ.get("AUTORESEARCH_MODEL") or None
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "").rstrip("/") or None
+        self.model = ENDPOINT.model(model)
+        self.base_url = ENDPOINT.base_url(base_url)
         self.timeout = timeout
         self.executable = executable
         self.check_timeout = check_timeout
@@ -74,11 +75,11 @@ class CodexAgent:
     def check(self) -> None:
         self._binary()
         if self.base_url:  # Codex waits for an unreachable server indefinitely ("waiting for network")
-            key = os.environ.get("OPENAI_API_KEY")
+            key = ENDPOINT.key()
             http.probe(f"{self.base_url}/models", {"Authorization": f"Bearer {key}"} if key else {},
                        timeout=self.check_timeout, what="the Responses API server")
             return
-        if any(os.environ.get(name) for name in KEY_ENVS):
+        if ENDPOINT.has_credentials():
             return
         home = codex_home()
         if (home / "auth.json").is_file() or _configured_provider(home):
@@ -97,8 +98,8 @@ class CodexAgent:
         if self.base_url:
             provider = {"name": "autoresearch base URL", "base_url": self.base_url, "wire_api": "responses",
                         "supports_websockets": False}
-            if os.environ.get("OPENAI_API_KEY"):
-                provider["env_key"] = "OPENAI_API_KEY"
+            if ENDPOINT.key():
+                provider["env_key"] = ENDPOINT.key_env
             cmd += ["-c", f'model_provider="{PROVIDER}"', "-c", f"model_providers.{PROVIDER}={_toml(provider)}"]
         return cmd + ["-"]
 
@@ -135,8 +136,6 @@ def path_without_bwrap(path: str) -> str:
     profile itself (tests/test_agents_cli.py checks that it does). Our own sandbox needs bubblewrap
     installed, so Codex is shown a PATH without it.
     """
-    from ..harness.paths import cache_dir
-
     folders = []
     for folder in path.split(os.pathsep):
         if not folder or not (Path(folder) / "bwrap").exists():
@@ -196,8 +195,8 @@ def parse_events(stdout: str) -> Events:
         elif kind == "turn.completed":
             usage = event.get("usage") or {}
             for attr, key in (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens")):
-                value = usage.get(key)
-                if isinstance(value, int) and not isinstance(value, bool):
+                value = as_int(usage.get(key))
+                if value is not None:
                     setattr(ev, attr, (getattr(ev, attr) or 0) + value)
         elif kind == "turn.failed":
             error = event.get("error") or {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from .base import AgentError, Proposal
+from .base import AgentError, Proposal, as_int
 
 EDIT_INSTRUCTIONS = """\
 You are a machine-learning researcher running experiments on train.py, a single-file GPT training script. \
@@ -166,9 +166,5 @@ def proposal_from_reply(text: str, source: str, *, model: str, input_tokens, out
             raise AgentError(f"{e} [the reply was cut off at {cut_off}]") from None
         raise
     return Proposal(description=description, train_py=new_source, model=model,
-                    input_tokens=_int(input_tokens), output_tokens=_int(output_tokens), cost_usd=None,
+                    input_tokens=as_int(input_tokens), output_tokens=as_int(output_tokens), cost_usd=None,
                     seconds=seconds, extra={"edit_blocks": len(blocks), "served_model": served_model})
-
-
-def _int(value) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -10,16 +10,16 @@ The model answers with search/replace edits (see `edits.py`); the harness applie
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 from . import http
-from .base import AgentError, AgentUnavailable, Context, Proposal
+from .base import AgentError, AgentUnavailable, Context, Endpoint, Proposal
 from .edits import EDIT_INSTRUCTIONS, proposal_from_reply
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+ENDPOINT = Endpoint(base_url_env="OPENAI_BASE_URL", default_base_url=DEFAULT_BASE_URL, key_env="OPENAI_API_KEY")
 
 
 class OpenAIAgent:
@@ -29,9 +29,9 @@ class OpenAIAgent:
                  api_key: str | None = None, temperature: float | None = 0.7, max_tokens: int | None = None,
                  timeout: float = 600.0, retries: int = 3, backoff: float = 2.0, check_timeout: float = 5.0):
         self.workspace = Path(workspace) if workspace is not None else None
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self.model = model or os.environ.get("AUTORESEARCH_MODEL") or None
-        self.api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        self.base_url = ENDPOINT.base_url(base_url)
+        self.model = ENDPOINT.model(model)
+        self.api_key = ENDPOINT.key(api_key)
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.timeout = timeout

@@ -1,12 +1,21 @@
 """The offline default agent: Optuna (TPE) over the UPPER_CASE constants of train.py. No model, no network.
 
-The search space is read once, when the study is created, from the hyperparameter block of the branch's
-train.py: positive floats search a log range of /4..x4 around their default, fractions (names ending in
-RATIO or FRAC) a uniform [0, 0.9], integers a range around their default, powers of two (batch sizes,
-widths) half, same or double, the attention window pattern a few patterns. Tuples and the seed are
-left alone. Each proposal writes sampled values into the frontier's train.py; every recorded experiment is
-told to the study (crashes as failed trials), which persists in `.autoresearch/optuna.db`, so the search
-resumes after a restart and learns from experiments it did not propose too.
+The constants are those of train.py's hyperparameter block: the lines between two marker lines, which the
+template has and documents. The block is found by these lines, never by the comments around them; when
+one is gone, or the block holds nothing to tune, check() and every proposal fail saying so.
+
+    # @autoresearch:hyperparameters-begin
+    DEPTH = 8                  # number of transformer layers
+    ...
+    # @autoresearch:hyperparameters-end
+
+The search space is read once, when the study is created, from the branch's train.py: positive floats
+search a log range of /4..x4 around their default, fractions (names ending in RATIO or FRAC) a uniform
+[0, 0.9], integers a range around their default, powers of two (batch sizes, widths) half, same or double,
+the attention window pattern a few patterns. Tuples and the seed are left alone. Each proposal writes
+sampled values into the frontier's train.py; every recorded experiment is told to the study (crashes as
+failed trials), which persists in `.autoresearch/optuna.db`, so the search resumes after a restart and
+learns from experiments it did not propose too.
 """
 
 from __future__ import annotations
@@ -19,13 +28,15 @@ import time
 from pathlib import Path
 
 from ..git import git
-from .base import AgentUnavailable, Context, Proposal
+from ..harness.settings import Settings
+from ..layout import CANDIDATE, OPTUNA_DB, OPTUNA_PENDING, state
+from .base import AgentError, AgentUnavailable, Context, Proposal
 
+BEGIN = "# @autoresearch:hyperparameters-begin"   # the hyperparameter block of train.py: the lines between
+END = "# @autoresearch:hyperparameters-end"       # these two (each alone on its line)
 CONSTANT = re.compile(r"^([A-Z][A-Z0-9_]*) = ([^#\n]+?)(\s+#.*)?$", re.M)
 SKIP = {"SEED"}
 WINDOW_PATTERNS = ["L", "SL", "SSL", "SSSL"]
-STUDY_DB = "optuna.db"
-PENDING = "optuna-pending.json"
 
 
 def _value(expr: str):
@@ -53,18 +64,33 @@ def _value(expr: str):
         return None
 
 
-def hyperparameter_block(source: str) -> str:
-    """The text between the `Hyperparameters` banner and the next `# ----` banner (or the whole file)."""
-    start = source.find("# Hyperparameters")
-    if start < 0:
-        return source
-    end = source.find("# ----", source.find("\n", source.find("# ----", start) + 1))
-    return source[start:end if end > 0 else len(source)]
+def _marker(source: str, marker: str, start: int = 0) -> re.Match | None:
+    return re.compile(rf"^[ \t]*{re.escape(marker)}[ \t]*$", re.M).search(source, start)
+
+
+def block_span(source: str) -> tuple[int, int]:
+    """Where the hyperparameter block is: the offsets of the text between the BEGIN and END lines.
+    AgentError when either line is missing (an agent or a human removed it)."""
+    begin = _marker(source, BEGIN)
+    if begin is None:
+        raise AgentError(f"{CANDIDATE} has no line {BEGIN!r}: the optuna agent tunes the constants between it "
+                         f"and {END!r}; put both lines back around the hyperparameters")
+    end = _marker(source, END, begin.end())
+    if end is None:
+        raise AgentError(f"{CANDIDATE} has no line {END!r} after {BEGIN!r}: the optuna agent tunes the "
+                         "constants between the two; put it back after the hyperparameters")
+    return begin.end(), end.start()
 
 
 def read_constants(source: str) -> dict:
-    return {m.group(1): v for m in CONSTANT.finditer(hyperparameter_block(source))
-            if (v := _value(m.group(2))) is not None and not isinstance(v, bool)}
+    """{NAME: value} of the constants in the hyperparameter block; AgentError when it has none to read."""
+    start, end = block_span(source)
+    constants = {m.group(1): v for m in CONSTANT.finditer(source[start:end])
+                 if (v := _value(m.group(2))) is not None and not isinstance(v, bool)}
+    if not constants:
+        raise AgentError(f"the hyperparameter block of {CANDIDATE} (between {BEGIN!r} and {END!r}) has no "
+                         "constant the optuna agent can read: NAME = a number or a string, one per line")
+    return constants
 
 
 def _is_power_of_two(v) -> bool:
@@ -104,17 +130,29 @@ def _literal(name: str, value) -> str:
 
 
 def write_constants(source: str, values: dict) -> str:
-    """Replace the values of the named constants, keeping each comment in its column."""
+    """Replace the values of the named constants in the hyperparameter block, keeping each comment in its
+    column."""
+    start, end = block_span(source)
+    block = source[start:end]
     for name, value in values.items():
-        match = re.search(rf"^{name} = ([^#\n]+?)(\s+#.*)?$", source, re.M)
+        match = re.search(rf"^{name} = ([^#\n]+?)(\s+#.*)?$", block, re.M)
         if match is None:
             continue
         line = f"{name} = {_literal(name, value)}"
         if comment := match.group(2):
             column = match.end(2) - len(comment.lstrip()) - match.start()
             line = line.ljust(column - 1) + " " + comment.lstrip()
-        source = source[: match.start()] + line + source[match.end():]
-    return source
+        block = block[: match.start()] + line + block[match.end():]
+    return source[:start] + block + source[end:]
+
+
+def space_of(source: str) -> dict:
+    """The search space of a train.py; AgentError when its hyperparameter block has nothing to tune."""
+    space = search_space(read_constants(source))
+    if not space:
+        raise AgentError(f"the hyperparameter block of {CANDIDATE} has no constant the optuna agent can tune "
+                         f"(it leaves {', '.join(sorted(SKIP))}, tuples and booleans alone)")
+    return space
 
 
 class OptunaAgent:
@@ -130,6 +168,12 @@ class OptunaAgent:
             import optuna  # noqa: F401
         except ImportError:
             raise AgentUnavailable("the optuna agent needs the optuna package: pip install optuna") from None
+        train = self.root / CANDIDATE
+        if train.exists():  # a train.py whose markers are gone stops the loop before it starts
+            try:
+                space_of(train.read_text())
+            except AgentError as e:
+                raise AgentUnavailable(str(e)) from None
 
     # -- the study ------------------------------------------------------------------------------
 
@@ -140,15 +184,14 @@ class OptunaAgent:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         branch = git(self.root, "symbolic-ref", "--short", "HEAD")
-        state = self.root / ".autoresearch"
-        state.mkdir(exist_ok=True)
-        storage = f"sqlite:///{state / STUDY_DB}"
+        state(self.root).mkdir(exist_ok=True)
+        storage = f"sqlite:///{state(self.root, OPTUNA_DB)}"
         sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=5, multivariate=True)
-        self._study = optuna.create_study(study_name=branch, storage=storage, direction="minimize",
-                                          sampler=sampler, load_if_exists=True)
-        if "space" not in self._study.user_attrs:
-            source = (self.root / "train.py").read_text()
-            self._study.set_user_attr("space", search_space(read_constants(source)))
+        study = optuna.create_study(study_name=branch, storage=storage, direction="minimize", sampler=sampler,
+                                    load_if_exists=True)
+        if "space" not in study.user_attrs:  # an AgentError here leaves no half-made study behind
+            study.set_user_attr("space", space_of((self.root / CANDIDATE).read_text()))
+        self._study = study
         self._fail_stale_trials()
         return self._study
 
@@ -178,11 +221,11 @@ class OptunaAgent:
         return out
 
     def _pending(self) -> dict:
-        path = self.root / ".autoresearch" / PENDING
+        path = state(self.root, OPTUNA_PENDING)
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _set_pending(self, data: dict | None) -> None:
-        path = self.root / ".autoresearch" / PENDING
+        path = state(self.root, OPTUNA_PENDING)
         if data is None:
             path.unlink(missing_ok=True)
         else:
@@ -192,12 +235,12 @@ class OptunaAgent:
 
     def propose(self, context: Context) -> Proposal:
         t0 = time.monotonic()
+        current = read_constants(context.train_py)  # first: a frontier without its block asks for no trial
         study = self.study()
         if self._pending().get("trial") is not None:  # proposed but never recorded (e.g. Ctrl-C)
             self._tell(self._pending()["trial"], None)
             self._set_pending(None)
         trial = study.ask(self.distributions())
-        current = read_constants(context.train_py)
         values = dict(trial.params)
         seq = _profile_seq_len(self.root)
         if {"TOTAL_BATCH_SIZE", "DEVICE_BATCH_SIZE"} <= values.keys() and seq:
@@ -215,7 +258,10 @@ class OptunaAgent:
         """Tell the study: our own trial, or any other experiment as a finished trial of its values."""
         import optuna
 
-        study = self.study()
+        try:
+            study = self.study()
+        except AgentError:
+            return  # no study without a hyperparameter block to read; the next proposal says why
         pending = self._pending()
         ok = experiment.status in ("keep", "discard") and experiment.val_bpb is not None
         if pending.get("trial") is not None:
@@ -224,9 +270,12 @@ class OptunaAgent:
             return
         if not ok or not experiment.commit:
             return
-        source = git(self.root, "show", f"{experiment.commit}:train.py", check=False)
+        try:
+            found = read_constants(git(self.root, "show", f"{experiment.commit}:{CANDIDATE}", check=False))
+        except AgentError:
+            return  # its train.py has no block to read: nothing to learn from it
         dists = self.distributions()
-        params = {k: v for k, v in read_constants(source).items() if k in dists}
+        params = {k: v for k, v in found.items() if k in dists}
         try:
             inside = params.keys() == dists.keys() and all(
                 dists[k]._contains(dists[k].to_internal_repr(v)) for k, v in params.items())
@@ -238,16 +287,14 @@ class OptunaAgent:
     def _tell(self, number: int, value: float | None) -> None:
         import optuna
 
-        state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
+        done = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
         try:
-            self.study().tell(number, value, state=state)
+            self.study().tell(number, value, state=done)
         except (ValueError, RuntimeError):
             pass  # already finished (told by an earlier, interrupted process)
 
 
 def _profile_seq_len(root: Path) -> int | None:
-    from ..harness.settings import Settings
-
     try:
         return Settings.load(root).profile.max_seq_len
     except (FileNotFoundError, ValueError, KeyError):

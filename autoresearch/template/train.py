@@ -32,6 +32,8 @@ from autoresearch.harness import (
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these directly, no CLI flags needed)
 # ---------------------------------------------------------------------------
+# The optuna agent tunes the constants between the two @autoresearch lines; without them it stops with an error.
+# @autoresearch:hyperparameters-begin
 
 # Model architecture
 ASPECT_RATIO = 64        # model_dim = depth * ASPECT_RATIO (rounded up to a multiple of HEAD_DIM)
@@ -55,6 +57,7 @@ DEPTH = 8                  # number of transformer layers
 DEVICE_BATCH_SIZE = 128    # rows per forward/backward (reduce if out of memory)
 # The random seed of weights and data order is SEED from the harness: 42, or another one when the harness
 # repeats a run to measure noise. A seed that only got lucky does not survive the noise-aware keep rule.
+# @autoresearch:hyperparameters-end
 
 # ---------------------------------------------------------------------------
 # Device: one place decides precision, kernels and compilation
