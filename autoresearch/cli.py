@@ -213,14 +213,14 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print the summary and every row as JSON instead."),
 ):
     """The ledger at a glance: counts, best val_bpb, frontier, recent experiments."""
-    if as_json:
-        from .report import status_json, to_json
-
-        print(to_json(status_json(_workspace_root())))
-        return
+    from .history import reading, status_json, to_json
     from .status import print_status
 
-    print_status(_workspace_root(), last)
+    with reading(_workspace_root()) as h:
+        if as_json:
+            print(to_json(status_json(h)))
+        else:
+            print_status(h, last)
 
 
 @app.command()
@@ -236,21 +236,23 @@ def report(
     """What happened overnight: progress.png and a self-contained report.html (optionally MLflow runs)."""
     import os
 
-    from .report import MLFLOW_ENV, MlflowUnavailable, log_mlflow, write_report
+    from .history import reading
+    from .mlflow_export import MLFLOW_ENV, MlflowUnavailable, log_mlflow
+    from .report import write_report
 
-    root = _workspace_root()
-    written = write_report(root, out)
-    print(f"wrote {written['png']}\nwrote {written['html']}  ({written['progress'].title})")
-    if mlflow is None:
-        mlflow = bool(mlflow_uri or os.environ.get(MLFLOW_ENV))
-    if mlflow:
-        try:
-            done = log_mlflow(root, mlflow_uri)
-        except MlflowUnavailable as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
-            raise typer.Exit(2)
-        print(f"mlflow: {len(done['added'])} run(s) added, {len(done['skipped'])} already logged "
-              f"(experiment {done['experiment']!r} at {done['uri']})")
+    with reading(_workspace_root()) as h:
+        written = write_report(h, out)
+        print(f"wrote {written['png']}\nwrote {written['html']}  ({written['progress'].title})")
+        if mlflow is None:
+            mlflow = bool(mlflow_uri or os.environ.get(MLFLOW_ENV))
+        if mlflow:
+            try:
+                done = log_mlflow(h, mlflow_uri)
+            except MlflowUnavailable as e:
+                err.print(f"[bold red]error:[/] {e}", highlight=False)
+                raise typer.Exit(2)
+            print(f"mlflow: {len(done['added'])} run(s) added, {len(done['skipped'])} already logged "
+                  f"(experiment {done['experiment']!r} at {done['uri']})")
 
 
 @app.command()
@@ -261,9 +263,10 @@ def show(
     tail: int = typer.Option(20, "--tail", help="How many lines of the log to show."),
 ):
     """One experiment: metrics, status, decision, the diff of train.py against its parent, the log tail."""
-    from .report import format_show, show as show_experiment, to_json
+    from .history import format_show, reading, show as show_experiment, to_json
 
-    info = show_experiment(_workspace_root(), ref, tail)
+    with reading(_workspace_root()) as h:
+        info = show_experiment(h, ref, tail)
     print(to_json(info) if as_json else format_show(info))
 
 
@@ -271,9 +274,10 @@ def show(
 @clean_errors
 def lineage(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text.")):
     """The kept commits of this branch, baseline to frontier, with val_bpb and deltas: the research notebook."""
-    from .report import format_lineage, lineage as kept_chain, to_json
+    from .history import format_lineage, lineage as kept_chain, reading, to_json
 
-    data = kept_chain(_workspace_root())
+    with reading(_workspace_root()) as h:
+        data = kept_chain(h)
     print(to_json(data) if as_json else format_lineage(data))
 
 

@@ -53,11 +53,13 @@ def classify_crash(log: str, returncode: int, root: Path | None = None) -> str:
     return "no-submit" if returncode == 0 else "exit"
 
 
-def log_tail(path: Path, lines: int = 20) -> str:
-    """The last non-empty lines of a log (progress lines written with \\r count as lines)."""
+def log_tail(path: Path, lines: int = 20, *, blank: bool = False, chars: int | None = 4000) -> str:
+    """The last lines of a log (progress lines written with \\r count as lines). An error excerpt (the default)
+    skips blank lines and keeps at most `chars` characters; `autoresearch show` asks for the lines as written."""
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return ""
-    kept = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])[-4000:]
+    kept = [line for line in text.splitlines() if blank or line.strip()]  # splitlines breaks at \r too
+    tail = "\n".join(kept[-lines:])
+    return tail if chars is None else tail[-chars:]

@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .git import current_branch
-from .ledger import Ledger
-from .report import lineage
+from .history import History, delta_of, fmt, glance
 
 STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red", "timeout": "yellow",
                 "rejected": "magenta", "running": "cyan", "invalid": "bold red"}
 
 
-def summarize(root: Path) -> dict:
-    ledger = Ledger(root, readonly=True)
-    branch = current_branch(root) or ""
-    rows = ledger.all()
-    frontier = ledger.frontier(branch)
-    kept = [r for r in rows if r.status == "keep"]
-    valid = [r.val_bpb for r in rows if r.val_bpb is not None and r.status in ("keep", "discard")]
-    ledger.close()
-    line = lineage(root, branch)
-    return {"branch": branch, "rows": rows, "experiments": len(rows), "kept": len(kept),
-            "best_val_bpb": min(valid) if valid else None, "frontier": frontier,
-            "noise_std": line["noise_std"], "noise_dof": line["noise_dof"],
-            "overfit": line["overfit"], "lineage": line}
-
-
-def print_status(root: Path, last: int = 15) -> None:
-    s = summarize(root)
+def print_status(h: History, last: int = 15) -> None:
+    s = glance(h)
     tty = sys.stdout.isatty()
     console = Console(soft_wrap=True, no_color=not tty, width=None if tty else 4096)
     frontier = s["frontier"]
@@ -55,12 +37,9 @@ def print_status(root: Path, last: int = 15) -> None:
                          else "left",
                          no_wrap=col == "description", overflow="ellipsis")
     for r in s["rows"][-last:]:
-        delta = (f"{r.val_bpb - r.frontier_bpb:+.6f}" if r.val_bpb is not None and r.frontier_bpb is not None else "")
+        delta = fmt(delta_of(r), "+.6f", none="")
         style = STATUS_STYLE.get(r.status, "")
         table.add_row(str(r.id), r.short or "-", f"[{style}]{r.status}[/]" if style else r.status,
-                      f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-", delta,
-                      f"{r.test_bpb:.6f}" if r.test_bpb is not None else "-",
-                      f"{r.memory_gb:.2f}" if r.memory_gb is not None else "-",
-                      f"{r.training_seconds:.1f}" if r.training_seconds is not None else "-",
-                      r.error_class or "", r.description)
+                      fmt(r.val_bpb), delta, fmt(r.test_bpb), fmt(r.memory_gb, ".2f"),
+                      fmt(r.training_seconds, ".1f"), r.error_class or "", r.description)
     console.print(table)

@@ -67,8 +67,8 @@ def test_a_candidate_parked_by_a_killed_noise_measurement_is_put_back(workspace)
 
 
 def test_lineage_flags_val_improving_while_test_worsens(workspace, capsys):
+    from autoresearch.history import format_lineage, lineage, reading
     from autoresearch.ledger import Experiment, Ledger
-    from autoresearch.report import format_lineage, lineage
     from autoresearch.status import print_status
 
     root = workspace.root
@@ -78,13 +78,15 @@ def test_lineage_flags_val_improving_while_test_worsens(workspace, capsys):
         git(root, "commit", "-q", "--allow-empty", "-m", f"val {val}")
         ledger.insert(Experiment(branch=branch, commit=git(root, "rev-parse", "HEAD"), status="keep",
                                  val_bpb=val, test_bpb=test, description=f"val {val}"))
-    data = lineage(root)
+    with reading(root) as h:
+        data = lineage(h)
     assert data["overfit"] and data["baseline_test_bpb"] == 2.10 and data["frontier_test_bpb"] == 2.20
     assert [st["val_up_test_down"] for st in data["steps"]] == [False, False, True]
     assert data["flagged_steps"] == [data["steps"][2]["id"]]
     text = format_lineage(data)
     assert "WARNING: val_bpb improved while test_bpb got worse" in text and "<- val better, test worse" in text
-    print_status(root)
+    with reading(root) as h:
+        print_status(h)
     assert "may be fitting the validation set" in capsys.readouterr().out
 
 

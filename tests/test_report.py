@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch.history import reading
 from autoresearch.ledger import Experiment, Ledger
-from autoresearch.report import (BRANCH_COLORS, FIG_DPI, FIG_INCHES, MLFLOW_ENV, MLFLOW_ID_TAG, MlflowUnavailable,
-                                 log_mlflow, write_report)
+from autoresearch.mlflow_export import MLFLOW_ENV, MLFLOW_ID_TAG, MlflowUnavailable, log_mlflow
+from autoresearch.plot import BRANCH_COLORS, FIG_DPI, FIG_INCHES
+from autoresearch.report import write_report
 from conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -107,7 +109,8 @@ def test_progress_plot_matches_the_ledger(lab, ledger_rows, tmp_path):
     import matplotlib.image
 
     base, better, worse, crash = ledger_rows
-    progress = write_report(lab, tmp_path)["progress"]
+    with reading(lab) as h:
+        progress = write_report(h, tmp_path)["progress"]
     png = tmp_path / "progress.png"
     assert png_size(png) == SIZE_PX == progress.size_px
     assert matplotlib.image.imread(png).shape[:2] == (SIZE_PX[1], SIZE_PX[0])
@@ -152,7 +155,8 @@ def test_a_second_branch_gets_its_own_colour_and_series(lab, ledger_rows, tmp_pa
                                  started_at=now, finished_at=now + 1))
     ledger.close()
 
-    progress = write_report(copy, tmp_path / "out")["progress"]
+    with reading(copy) as h:
+        progress = write_report(h, tmp_path / "out")["progress"]
     assert "8 experiments, 4 kept" in progress.title and "2 crashed" in progress.title
     first, second = progress.series
     assert first.branch == "autoresearch/r" and second.branch == "autoresearch/other"
@@ -274,7 +278,8 @@ def test_mlflow_logs_one_run_per_experiment_once(lab, ledger_rows, monkeypatch):
                    env={k: v for k, v in os.environ.items() if k != MLFLOW_ENV})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "4 run(s) added, 0 already logged" in proc.stdout
-    again = log_mlflow(lab)  # the default local store in .autoresearch/mlflow
+    with reading(lab) as h:
+        again = log_mlflow(h)  # the default local store in .autoresearch/mlflow
     assert again["added"] == [] and again["skipped"] == [r.id for r in ledger_rows]
     assert git(lab, "status", "--porcelain", "--untracked-files=all") == ""
 
@@ -304,8 +309,8 @@ def test_mlflow_missing_is_a_clear_error(lab, ledger_rows, monkeypatch, tmp_path
 
     for name in ("mlflow", "mlflow.entities", "mlflow.tracking"):
         monkeypatch.setitem(sys.modules, name, None)  # `import mlflow` now raises ImportError
-    with pytest.raises(MlflowUnavailable, match=r"autoresearch\[mlflow\]"):
-        log_mlflow(lab)
+    with pytest.raises(MlflowUnavailable, match=r"autoresearch\[mlflow\]"), reading(lab) as h:
+        log_mlflow(h)
     monkeypatch.chdir(lab)
     result = CliRunner().invoke(app, ["report", "--mlflow", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "pip install" in result.output

@@ -1,0 +1,161 @@
+"""progress.png: the ledger as the original autoresearch analysis drew it (matplotlib, no display needed).
+
+x is the experiment number (among the runs that produced a val_bpb), y is val_bpb; discarded runs are grey
+dots, kept runs green dots labelled with their description, a step line is the running best, and the y-axis
+spans best -> baseline. Crashes, timeouts and rejections have no val_bpb: they are counted in the title
+only. With several branches in the ledger every branch gets its own colour (kept markers and best line),
+and its own numbering from 0.
+
+    plot_progress(rows, path)   draws the figure (16x8 in at 100 dpi) and returns what was drawn
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .history import FAILED, label, measured
+from .ledger import Experiment
+
+FIG_INCHES = (16, 8)
+FIG_DPI = 100
+DISCARD_COLOR = "#bbbbbb"
+BRANCH_COLORS = ("#2ecc71", "#3498db", "#e67e22", "#9b59b6", "#e74c3c", "#16a085", "#d4ac0d", "#34495e")
+BEST_COLOR_SINGLE = "#27ae60"
+
+
+@dataclass
+class Series:
+    """One branch as plotted: points are (x, val_bpb, ledger id); best is the step line's vertices."""
+
+    branch: str
+    color: str
+    kept: list[tuple[int, float, int]] = field(default_factory=list)
+    discarded: list[tuple[int, float, int]] = field(default_factory=list)
+    best: list[tuple[int, float]] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    baseline: float | None = None
+
+
+@dataclass
+class Progress:
+    path: Path
+    title: str
+    experiments: int           # finished experiments, all statuses (running ones are not counted)
+    kept: int
+    failed: int                # crash + timeout
+    rejected: int
+    series: list[Series]
+    ylim: tuple[float, float] | None
+    size_px: tuple[int, int]
+    legend: list[str] = field(default_factory=list)
+
+
+def progress_series(rows: list[Experiment]) -> list[Series]:
+    """Per branch (in order of first appearance): kept and discarded points and the running best."""
+    out = []
+    for i, (branch, valid) in enumerate(measured(rows).items()):
+        s = Series(branch=branch, color=BRANCH_COLORS[i % len(BRANCH_COLORS)])
+        best = None
+        for x, r in enumerate(valid):
+            if r.status == "keep":
+                s.kept.append((x, r.val_bpb, r.id))
+                s.labels.append(label(r.description))
+                if s.baseline is None:
+                    s.baseline = r.val_bpb
+                best = r.val_bpb if best is None else min(best, r.val_bpb)
+                if not s.best or s.best[-1][1] != best:
+                    s.best.append((x, best))
+            else:
+                s.discarded.append((x, r.val_bpb, r.id))
+        if s.best and valid and len(valid) - 1 > s.best[-1][0]:
+            s.best.append((len(valid) - 1, s.best[-1][1]))  # the running best holds to the last experiment
+        out.append(s)
+    return out
+
+
+def _ylim(series: list[Series]) -> tuple[float, float] | None:
+    baselines = [s.baseline for s in series if s.baseline is not None]
+    bests = [y for s in series for _, y, _ in s.kept]
+    if not bests:  # no keep yet: span whatever was measured
+        bests = baselines = [y for s in series for _, y, _ in s.discarded]
+    if not bests:
+        return None
+    top, bottom = max(baselines), min(bests)
+    margin = (top - bottom) * 0.15
+    if margin <= 0:
+        margin = max(abs(bottom) * 0.01, 1e-3)
+    return bottom - margin, top + margin
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG file")
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def plot_progress(rows: list[Experiment], path: Path) -> Progress:
+    """Draw progress.png (16x8 in at 100 dpi) and return what was drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # ~0.4 s to import: only when drawing
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    finished = [r for r in rows if r.status != "running"]
+    kept = sum(r.status == "keep" for r in finished)
+    failed = sum(r.status in FAILED for r in finished)
+    rejected = sum(r.status == "rejected" for r in finished)
+    title = f"autoresearch progress: {len(finished)} experiments, {kept} kept"
+    if failed:
+        title += f", {failed} crashed or timed out"
+    if rejected:
+        title += f", {rejected} rejected"
+    series = progress_series(finished)
+    single = len(series) <= 1
+    ylim = _ylim(series)
+
+    fig = Figure(figsize=FIG_INCHES, dpi=FIG_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    discard_labelled = False
+    for s in series:
+        name = "" if single else f"{s.branch or '(no branch)'}: "
+        best_color = BEST_COLOR_SINGLE if single else s.color
+        if s.discarded:
+            ax.scatter([p[0] for p in s.discarded], [p[1] for p in s.discarded], c=DISCARD_COLOR, s=14,
+                       alpha=0.7, zorder=2, label=None if discard_labelled else "discarded")
+            discard_labelled = True
+        if s.kept:
+            ax.scatter([p[0] for p in s.kept], [p[1] for p in s.kept], c=s.color, s=50, zorder=4,
+                       edgecolors="black", linewidths=0.5, label=f"{name}kept")
+            for (x, y, _), text in zip(s.kept, s.labels):
+                high = ylim is not None and (y - ylim[0]) > 0.8 * (ylim[1] - ylim[0])  # no room above: go below
+                note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, -6 if high else 6),
+                                   fontsize=8, color="#1a5e35" if single else s.color, rotation=-30 if high else 30,
+                                   ha="left", va="top" if high else "bottom", annotation_clip=True, clip_on=True)
+                note.set_in_layout(False)
+        if s.best:
+            ax.step([p[0] for p in s.best], [p[1] for p in s.best], where="post", color=best_color,
+                    linewidth=2, alpha=0.7, zorder=3, label=f"{name}running best")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+        last = max(p[0] for s in series for p in s.kept + s.discarded)
+        ax.set_xlim(-0.5, last + max(1.0, 0.2 * (last + 1)))  # room for the last labels
+    else:
+        ax.text(0.5, 0.5, "no experiment with a val_bpb yet", transform=ax.transAxes, ha="center",
+                va="center", fontsize=14, color="#777777")
+    ax.set_xlabel("Experiment #", fontsize=12)
+    ax.set_ylabel("Validation BPB (lower is better)", fontsize=12)
+    ax.set_title(title, fontsize=14)
+    ax.grid(True, alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    legend = ax.get_legend_handles_labels()[1]
+    if legend:
+        ax.legend(loc="upper right", fontsize=9)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.93)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=FIG_DPI, format="png")
+    return Progress(path=path, title=title, experiments=len(finished), kept=kept, failed=failed,
+                    rejected=rejected, series=series, ylim=ylim, size_px=_png_size(path.read_bytes()),
+                    legend=legend)
