@@ -181,3 +181,84 @@ def test_an_edit_waiting_in_train_py_does_not_stop_the_loop_and_strays_are_named
     with FailingServer("404") as server:   # the loop gets past its start with train.py edited
         proc = loop(ready, server.url)
     assert proc.returncode == 2 and server.posts == 1, proc.stderr
+
+
+# --------------------------------------------------------------------------- Claude Code in the loop
+
+def claude_env(tmp_path: Path) -> dict:
+    from test_agents_cli import need
+
+    home = tmp_path / "claude-home"
+    home.mkdir(exist_ok=True)
+    return {"AUTORESEARCH_CLAUDE_BIN": need("claude"), "ANTHROPIC_API_KEY": "dummy", "HOME": str(home),
+            "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+
+
+def test_what_claude_was_refused_is_stored_and_printed(ready, tmp_path):
+    from test_agents_cli import AnthropicStandIn
+
+    program = (ready / "program.md").read_text()
+    server = AnthropicStandIn(ready / "program.md", program.splitlines()[0], "# rewritten by the agent",
+                              "DESCRIPTION: edit the instructions")
+    try:
+        proc = run_cli("loop", "--agent", "claude", "--base-url", server.url, "--model", "claude-standin-1",
+                       "--max-experiments", "1", "--max-failures", "1", "--rule", "strict", cwd=ready,
+                       env=claude_env(tmp_path), timeout=180)
+    finally:
+        server.close()
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "refused: Edit program.md" in proc.stdout and "without changing train.py" in proc.stderr
+    [a] = attempts(ready)
+    assert (a["agent"], a["outcome"], a["refused"], a["model"]) == ("claude", "reply", "Edit program.md",
+                                                                    "claude-standin-1")
+    assert a["output_tokens"] and a["cost_usd"] is None   # through a base URL of one's own no cost is known
+    assert "edit the instructions" in (ready / a["reply_path"]).read_text()
+    assert (ready / "program.md").read_text() == program and git(ready, "status", "--porcelain") == ""
+    status = run_cli("status", cwd=ready)
+    assert "agents: claude (claude-standin-1): 1 proposals (1 failed)" in status.stdout
+    assert "cost unknown" in status.stdout
+
+
+# --------------------------------------------------------------------------- what it cost, shown
+
+def test_status_show_and_report_show_the_agents_and_their_cost(ready):
+    from autoresearch.ledger import Attempt
+
+    ledger = Ledger(ready)
+    branch = current_branch(ready)
+    head = git(ready, "rev-parse", "HEAD")
+    exp = ledger.insert(Experiment(branch=branch, parent=head, commit=head, status="keep", val_bpb=1.9,
+                                   frontier_bpb=2.0, description="raise MATRIX_LR", agent="claude",
+                                   model="claude-sonnet-4-5", input_tokens=3000, output_tokens=200, cost_usd=0.05,
+                                   cost_estimated=1, proposal_seconds=12.5, finished_at=time.time()))
+    reply = ready / "runs" / "proposals" / "0002.txt"
+    reply.parent.mkdir(parents=True)
+    reply.write_text("The learning rate looks low for this depth.\nDESCRIPTION: raise MATRIX_LR\n")
+    ledger.add_attempt(Attempt(branch=branch, agent="claude", model="claude-sonnet-4-5", input_tokens=1000,
+                               output_tokens=10, cost_usd=0.01, cost_estimated=1, seconds=3.0, outcome="transient",
+                               error="HTTP 529", reply_path="runs/proposals/0001.txt"))
+    ledger.add_attempt(Attempt(branch=branch, experiment_id=exp.id, agent="claude", model="claude-sonnet-4-5",
+                               input_tokens=3000, output_tokens=200, cost_usd=0.05, cost_estimated=1, seconds=12.5,
+                               outcome="proposed", description="raise MATRIX_LR", reply_path=str(reply.relative_to(ready))))
+    ledger.write_tsv()
+    ledger.close()
+
+    status = run_cli("status", cwd=ready)
+    assert status.returncode == 0, status.stderr
+    assert ("agents: claude (claude-sonnet-4-5): 2 proposals (1 failed), 4,000 tokens in / 210 out, "
+            "cost ~$0.0600 (estimate)") in status.stdout
+    as_json = json.loads(run_cli("status", "--json", cwd=ready).stdout)
+    assert as_json["spending"]["cost_usd"] == pytest.approx(0.06) and as_json["spending"]["cost_estimated"]
+
+    show = run_cli("show", str(exp.id), cwd=ready)
+    assert show.returncode == 0, show.stderr
+    assert "agent        claude    model claude-sonnet-4-5    tokens 3,000 in / 200 out" in show.stdout
+    assert "cost ~$0.0500 (estimate)    proposal 12.5 s" in show.stdout
+    assert "The learning rate looks low for this depth." in show.stdout   # the proposal's reasoning
+
+    report = run_cli("report", cwd=ready)
+    assert report.returncode == 0, report.stderr
+    page = (ready / "report" / "report.html").read_text()
+    assert 'id="agent-cost"' in page and "~$0.0600 (estimate)" in page
+    assert 'id="cost-per-kept"' in page and "~$0.0600 (estimate)</b>1 kept improvement" in page
+    assert 'id="spending"' in page and "HTTP 529" in page and "0.0600" in page   # cumulative over time
