@@ -300,7 +300,7 @@ def _attempt(s: Session, agent, ctx: agents.Context, run, view: View, prefix: st
     try:
         proposal = agent.propose(ctx)
     except agents.AgentError as e:
-        _restore_frontier(root)
+        (root / layout.CANDIDATE).write_text(ctx.train_py)  # as before the attempt (an edit waiting there too)
         attempt = _attempt_of(s, agent, e.spent, time.monotonic() - clock, e.kind, str(e), started)
         _record(s, agent, attempt, f"error ({e.kind}): {e}\n" + (f"\n--- reply\n{e.reply}\n" if e.reply else ""))
         refused = f" [refused: {attempt.refused}]" if attempt.refused else ""

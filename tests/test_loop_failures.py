@@ -181,6 +181,7 @@ def test_an_edit_waiting_in_train_py_does_not_stop_the_loop_and_strays_are_named
     with FailingServer("404") as server:   # the loop gets past its start with train.py edited
         proc = loop(ready, server.url)
     assert proc.returncode == 2 and server.posts == 1, proc.stderr
+    assert train.read_text().endswith("# waiting edit\n")   # a failed proposal leaves it as it was
 
 
 # --------------------------------------------------------------------------- Claude Code in the loop
