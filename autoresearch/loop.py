@@ -177,11 +177,12 @@ def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = No
         return _loop(s, agent, limits, rule, noise_runs, noise_every, policy or Policy())
 
 
+@dataclass
 class _Failed:
     """What a failed proposal attempt leaves for the loop: the error, and the attempt as recorded."""
 
-    def __init__(self, error: agents.AgentError, attempt: Attempt):
-        self.error, self.attempt = error, attempt
+    error: agents.AgentError
+    attempt: Attempt
 
 
 def _loop(s: Session, agent, limits: Limits, rule: str, noise_runs: int, noise_every: int, policy: Policy) -> int:
@@ -270,7 +271,7 @@ def _observe(agent, exp: Experiment, view: View) -> None:
                                      f"(it is recorded; the agent may not learn from it): {last}")
 
 
-def _record(s: Session, agent, attempt: Attempt, text: str) -> Attempt:
+def _record(s: Session, attempt: Attempt, text: str) -> Attempt:
     """Store the attempt in the ledger and its reply (or error) in runs/proposals/NNNN.txt."""
     s.ledger.add_attempt(attempt)
     path = layout.proposal_file(s.root, attempt.id)
@@ -302,11 +303,11 @@ def _attempt(s: Session, agent, ctx: agents.Context, run, view: View, prefix: st
     except agents.AgentError as e:
         (root / layout.CANDIDATE).write_text(ctx.train_py)  # as before the attempt (an edit waiting there too)
         attempt = _attempt_of(s, agent, e.spent, time.monotonic() - clock, e.kind, str(e), started)
-        _record(s, agent, attempt, f"error ({e.kind}): {e}\n" + (f"\n--- reply\n{e.reply}\n" if e.reply else ""))
+        _record(s, attempt, f"error ({e.kind}): {e}\n" + (f"\n--- reply\n{e.reply}\n" if e.reply else ""))
         refused = f" [refused: {attempt.refused}]" if attempt.refused else ""
         view.event("proposal failed", f"proposal failed ({e.kind}, {attempt.seconds:.1f} s): {e}{refused}")
         return _Failed(e, attempt)
-    attempt = _record(s, agent, _attempt_of(s, agent, proposal, time.monotonic() - clock, "proposed", "", started),
+    attempt = _record(s, _attempt_of(s, agent, proposal, time.monotonic() - clock, "proposed", "", started),
                       proposal.reply or "(no reply text)\n")
     if proposal.train_py is not None:
         (root / layout.CANDIDATE).write_text(proposal.train_py)

@@ -240,7 +240,8 @@ def test_status_show_and_report_show_the_agents_and_their_cost(ready):
                                error="HTTP 529", reply_path="runs/proposals/0001.txt"))
     ledger.add_attempt(Attempt(branch=branch, experiment_id=exp.id, agent="claude", model="claude-sonnet-4-5",
                                input_tokens=3000, output_tokens=200, cost_usd=0.05, cost_estimated=1, seconds=12.5,
-                               outcome="proposed", description="raise MATRIX_LR", reply_path=str(reply.relative_to(ready))))
+                               outcome="proposed", description="raise MATRIX_LR",
+                               reply_path=str(reply.relative_to(ready))))
     ledger.write_tsv()
     ledger.close()
 
@@ -263,3 +264,33 @@ def test_status_show_and_report_show_the_agents_and_their_cost(ready):
     assert 'id="agent-cost"' in page and "~$0.0600 (estimate)" in page
     assert 'id="cost-per-kept"' in page and "~$0.0600 (estimate)</b>1 kept improvement" in page
     assert 'id="spending"' in page and "HTTP 529" in page and "0.0600" in page   # cumulative over time
+
+
+@pytest.mark.slow
+def test_claude_in_the_loop_records_the_served_model_and_no_made_up_cost(ready, tmp_path):
+    """Trains once: Claude Code (against the stand-in Messages API) edits train.py, the experiment runs."""
+    from test_agents_cli import AnthropicStandIn, lr_line
+
+    old = lr_line(ready)
+    server = AnthropicStandIn(ready / "train.py", old, old.replace("0.04", "0.05", 1),
+                              "I raised the Muon learning rate.\nDESCRIPTION: raise MATRIX_LR to 0.05")
+    try:
+        proc = run_cli("loop", "--agent", "claude", "--base-url", server.url, "--model", "claude-standin-1",
+                       "--max-experiments", "1", "--rule", "strict", cwd=ready, env=claude_env(tmp_path), timeout=300)
+    finally:
+        server.close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    db = sqlite3.connect(ready / ".autoresearch" / "ledger.sqlite")
+    db.row_factory = sqlite3.Row
+    exp = dict(db.execute("SELECT * FROM experiments WHERE id = 2").fetchone())
+    db.close()
+    assert (exp["agent"], exp["model"], exp["description"]) == ("claude", "claude-standin-1", "raise MATRIX_LR to 0.05")
+    assert exp["cost_usd"] is None and exp["output_tokens"] and exp["status"] in ("keep", "discard")
+    [a] = attempts(ready)
+    assert (a["experiment_id"], a["outcome"]) == (2, "proposed")
+    assert "I raised the Muon learning rate." in (ready / a["reply_path"]).read_text()
+    lines = proc.stdout.splitlines()
+    assert any(re.match(r"\d\d:\d\d:\d\d proposal \(claude-standin-1, [\d.]+ s, [\d,]+ tokens in", x) for x in lines)
+    assert any(re.match(r"\d\d:\d\d:\d\d #2 (keep|discard) .* :: raise MATRIX_LR to 0.05$", x) for x in lines)
+    show = run_cli("show", "2", cwd=ready)
+    assert "cost unknown" in show.stdout and "I raised the Muon learning rate." in show.stdout
