@@ -294,3 +294,13 @@ def test_claude_in_the_loop_records_the_served_model_and_no_made_up_cost(ready, 
     assert any(re.match(r"\d\d:\d\d:\d\d #2 (keep|discard) .* :: raise MATRIX_LR to 0.05$", x) for x in lines)
     show = run_cli("show", "2", cwd=ready)
     assert "cost unknown" in show.stdout and "I raised the Muon learning rate." in show.stdout
+
+
+def test_a_server_that_drops_every_connection_is_named_as_such_before_the_loop(ready):
+    with FailingServer("drop") as server:   # its model list too
+        server.httpd.RequestHandlerClass.do_GET = server.httpd.RequestHandlerClass.do_POST
+        proc = loop(ready, server.url)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    [line] = error_lines(proc.stderr)
+    assert "accepted the connection and closed it without an answer" in line and "cannot reach" not in line
+    assert attempts(ready) == []

@@ -101,6 +101,11 @@ def probe(url: str, headers: dict[str, str], *, timeout: float = 5.0, what: str 
         response = requests.get(url, headers=headers, timeout=timeout)
     except requests.Timeout:
         raise AgentUnavailable(f"{what} at {url} did not answer within {timeout:g} s") from None
+    except requests.ConnectionError as e:
+        if _dropped(e):
+            raise AgentUnavailable(f"{what} at {url} accepted the connection and closed it without an answer") \
+                from None
+        raise AgentUnavailable(f"cannot reach {what} at {url}: {excerpt(str(e), 200)}") from None
     except requests.RequestException as e:
         raise AgentUnavailable(f"cannot reach {what} at {url}: {excerpt(str(e), 200)}") from None
     return response.status_code
