@@ -192,7 +192,10 @@ def claude_env(tmp_path: Path) -> dict:
     home = tmp_path / "claude-home"
     home.mkdir(exist_ok=True)
     return {"AUTORESEARCH_CLAUDE_BIN": need("claude"), "ANTHROPIC_API_KEY": "dummy", "HOME": str(home),
-            "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+            "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            # git, committing each experiment, no longer finds the user's identity in that HOME
+            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.com"}
 
 
 def test_what_claude_was_refused_is_stored_and_printed(ready, tmp_path):
@@ -285,7 +288,7 @@ def test_claude_in_the_loop_records_the_served_model_and_no_made_up_cost(ready, 
     exp = dict(db.execute("SELECT * FROM experiments WHERE id = 2").fetchone())
     db.close()
     assert (exp["agent"], exp["model"], exp["description"]) == ("claude", "claude-standin-1", "raise MATRIX_LR to 0.05")
-    assert exp["cost_usd"] is None and exp["output_tokens"] and exp["status"] in ("keep", "discard")
+    assert exp["cost_usd"] is None and exp["output_tokens"] and exp["status"] in ("keep", "discard"), exp["error_class"] + ": " + exp["error_excerpt"]
     [a] = attempts(ready)
     assert (a["experiment_id"], a["outcome"]) == (2, "proposed")
     assert "I raised the Muon learning rate." in (ready / a["reply_path"]).read_text()
