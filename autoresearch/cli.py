@@ -177,18 +177,35 @@ def loop(
     noise_runs: int = typer.Option(4, help=NOISE_RUNS_HELP),
     noise_every: int = typer.Option(20, help="Re-measure the noise floor on the frontier every N experiments "
                                     "(0: only when missing)."),
+    max_failures: int = typer.Option(10, min=1, help="Stop (exit 3) after this many failed proposals in a row "
+                                     "(server errors, timeouts, dropped connections, replies that cannot be used)."),
+    backoff: float = typer.Option(10.0, min=0.0, help="Seconds before retrying a failed proposal; doubled after "
+                                  "each failure in a row, up to 300."),
+    request_timeout: Optional[float] = typer.Option(None, min=1.0, help="Seconds one proposal may take: the "
+                                                    "HTTP request, or the CLI agent's run (default 600 for HTTP, "
+                                                    "1800 for the CLIs)."),
 ):
-    """Propose -> run -> decide, forever or until a limit. Ctrl-C safe; run it again to resume."""
+    """Propose -> run -> decide, forever or until a limit. Ctrl-C safe; run it again to resume.
+
+    Exit status: 0 a limit was reached or Ctrl-C; 1 the workspace is not ready; 2 the agent cannot work
+    (before the first proposal, or a configuration error such as an unknown model or a rejected key);
+    3 --max-failures proposals failed in a row."""
     from .agents import AgentUnavailable
-    from .loop import Limits, run_loop
+    from .loop import Limits, LoopFailed, Policy, run_loop
 
     try:
         done = run_loop(_workspace_root(), agent, Limits(max_experiments, max_hours), model=model,
                         base_url=base_url, rule=rule, sandbox_mode=sandbox, noise_runs=noise_runs,
-                        noise_every=noise_every)
+                        noise_every=noise_every, policy=Policy(max_failures=max_failures, backoff=backoff),
+                        request_timeout=request_timeout)
     except AgentUnavailable as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(2)
+    except LoopFailed as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"loop: {e.done} experiment(s) this session; `autoresearch status` for the ledger, "
+                  f"runs/proposals/ for what the agent answered", highlight=False)
+        raise typer.Exit(e.code)
     err.print(f"loop: {done} experiment(s) this session; `autoresearch status` for the ledger", highlight=False)
 
 

@@ -4,6 +4,7 @@
     autoresearch show ID|COMMIT     show(): one row, its diff against its parent, its log tail
     autoresearch lineage            lineage(): the kept commits of the branch, baseline -> frontier
     autoresearch report             summary(): counts, rates, time, baseline -> best per branch (report.py)
+    status / show / report          spending(): what the agents were asked and what it cost, failures included
 
 A read command opens the ledger once, read-only, for its whole run (`with reading(root) as h:`) and hands
 that value down: the rows, the ledger and the branch, looked up once. Everything here only reads the ledger
@@ -21,13 +22,14 @@ from typing import Iterator
 
 from .git import GitError, current_branch, git
 from .layout import CANDIDATE
-from .ledger import Experiment, Ledger
+from .ledger import Attempt, Experiment, Ledger
 from .selection import pooled_noise
 from .logs import log_tail
 
 VALID = ("keep", "discard")          # statuses that carry a val_bpb
 FAILED = ("crash", "timeout", "invalid")
 LABEL_CHARS = 45
+REPLY_LINES = 40                     # of the agent's reply, in `show`
 REPORTED = f"reported by {CANDIDATE}"  # figures only the candidate can know: recorded as printed, never checked
 
 
@@ -178,6 +180,75 @@ def summary(rows: list[Experiment]) -> dict:
     }
 
 
+# -- what the agents cost ------------------------------------------------------------------------
+
+
+def cost_text(cost: float | None, estimated) -> str:
+    """A cost as it may be read: `$0.0123`, `~$0.0123 (estimate)`, or `unknown`."""
+    if cost is None:
+        return "unknown"
+    return f"~${cost:.4f} (estimate)" if estimated else f"${cost:.4f}"
+
+
+def _attempts_of(h: History) -> list[Attempt]:
+    """Every proposal attempt; for a ledger older than the proposals table, its agents' experiment rows."""
+    found = h.ledger.attempts()
+    if found:
+        return found
+    return [Attempt(branch=r.branch, experiment_id=r.id, agent=r.agent, model=r.model, input_tokens=r.input_tokens,
+                    output_tokens=r.output_tokens, cost_usd=r.cost_usd, cost_estimated=r.cost_estimated,
+                    seconds=r.proposal_seconds, outcome="proposed", description=r.description,
+                    started_at=r.started_at)
+            for r in h.rows if r.agent and r.description != "baseline" and (r.model or r.input_tokens is not None)]
+
+
+def spending(h: History) -> dict:
+    """Proposals asked for (failed ones too), tokens and cost, per agent and model and in all; the cost over
+    time; the cost per kept improvement. A cost is summed only where known (`cost_unknown` counts the rest)."""
+    attempts = _attempts_of(h)
+    groups: dict[tuple[str, str], dict] = {}
+    cumulative, total = [], None
+    for a in attempts:
+        g = groups.setdefault((a.agent, a.model), {"agent": a.agent, "model": a.model, "proposals": 0, "failed": 0,
+                                                   "input_tokens": 0, "output_tokens": 0, "cost_usd": None,
+                                                   "cost_estimated": False, "cost_unknown": 0, "seconds": 0.0})
+        g["proposals"] += 1
+        g["failed"] += a.outcome != "proposed"
+        g["input_tokens"] += a.input_tokens or 0
+        g["output_tokens"] += a.output_tokens or 0
+        g["seconds"] += a.seconds or 0.0
+        if a.cost_usd is None:
+            g["cost_unknown"] += 1
+        else:
+            g["cost_usd"] = (g["cost_usd"] or 0.0) + a.cost_usd
+            g["cost_estimated"] |= bool(a.cost_estimated)
+            total = (total or 0.0) + a.cost_usd
+        cumulative.append({"at": a.started_at, "attempt": a.id, "experiment_id": a.experiment_id, "agent": a.agent,
+                           "model": a.model, "outcome": a.outcome, "cost_usd": a.cost_usd, "cumulative_usd": total,
+                           "input_tokens": a.input_tokens, "output_tokens": a.output_tokens, "error": a.error,
+                           "refused": a.refused})
+    by_model = list(groups.values())
+    proposed = {a.experiment_id for a in attempts if a.experiment_id is not None}
+    kept = sum(r.status == "keep" and r.id in proposed and r.frontier_bpb is not None for r in h.rows)
+    estimated = any(g["cost_estimated"] for g in by_model)
+    return {"proposals": len(attempts), "failed": sum(g["failed"] for g in by_model),
+            "input_tokens": sum(g["input_tokens"] for g in by_model),
+            "output_tokens": sum(g["output_tokens"] for g in by_model),
+            "cost_usd": total, "cost_estimated": estimated, "cost_unknown": sum(g["cost_unknown"] for g in by_model),
+            "kept_improvements": kept, "cost_per_kept_usd": total / kept if total is not None and kept else None,
+            "by_model": by_model, "over_time": cumulative}
+
+
+def spending_line(sp: dict) -> str | None:
+    """The one-line total `status` prints; None when no agent was ever asked."""
+    if not sp["proposals"]:
+        return None
+    who = ", ".join(f"{g['agent']} ({g['model'] or 'model unknown'})" for g in sp["by_model"])
+    unknown = f", {sp['cost_unknown']} with no known cost" if sp["cost_unknown"] and sp["cost_usd"] is not None else ""
+    return (f"agents: {who}: {sp['proposals']} proposals ({sp['failed']} failed), {sp['input_tokens']:,} tokens in / "
+            f"{sp['output_tokens']:,} out, cost {cost_text(sp['cost_usd'], sp['cost_estimated'])}{unknown}")
+
+
 # -- status --------------------------------------------------------------------------------------
 
 
@@ -203,7 +274,7 @@ def status_json(h: History) -> dict:
             "frontier_val_bpb": frontier.val_bpb if frontier else None,
             "frontier_test_bpb": frontier.test_bpb if frontier else None,
             "noise_std": s["noise_std"], "noise_dof": s["noise_dof"], "overfit": s["overfit"],
-            "rows": [row_dict(r) for r in s["rows"]]}
+            "spending": spending(h), "rows": [row_dict(r) for r in s["rows"]]}
 
 
 # -- show ----------------------------------------------------------------------------------------
@@ -235,6 +306,12 @@ def show(h: History, ref: str, tail: int = 20) -> dict:
     info["diff"] = train_diff(h.root, exp)
     log = log_file(h.root, exp)
     info["log_tail"] = log_tail(log, tail, blank=True, chars=None) if log else None
+    info["proposal"] = None
+    for a in h.ledger.attempts():
+        if a.experiment_id == exp.id:
+            reply = h.root / a.reply_path if a.reply_path else None
+            info["proposal"] = asdict(a) | {"reply": reply.read_text(errors="replace") if reply and reply.exists()
+                                            else None}
     return info
 
 
@@ -252,6 +329,15 @@ def format_show(info: dict) -> str:
            f"reason       {info['reason'] or '-'}"]
     if info["error_class"]:
         out.append(f"error        {info['error_class']}")
+    if info["agent"]:
+        tokens = (f"    tokens {info['input_tokens'] or 0:,} in / {info['output_tokens'] or 0:,} out"
+                  if info["input_tokens"] is not None or info["output_tokens"] is not None else "")
+        seconds = f"    proposal {info['proposal_seconds']:.1f} s" if info["proposal_seconds"] is not None else ""
+        out.append(f"agent        {info['agent']}    model {info['model'] or '-'}{tokens}    "
+                   f"cost {cost_text(info['cost_usd'], info['cost_estimated'])}{seconds}")
+    proposal = info.get("proposal")
+    if proposal and proposal["refused"]:
+        out.append(f"refused      {proposal['refused']}")
     if info["started_at"]:
         out.append("started      " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started_at"])))
     out.append("")
@@ -261,6 +347,11 @@ def format_show(info: dict) -> str:
         out.append(f"--- diff of {CANDIDATE} against its parent" + ("" if info["diff"] else ": none"))
         if info["diff"]:
             out.append(info["diff"])
+    if proposal and proposal["reply"] is not None:
+        lines = proposal["reply"].rstrip().splitlines()
+        more = f" (first {REPLY_LINES} of {len(lines)} lines)" if len(lines) > REPLY_LINES else ""
+        out += ["", f"--- the agent's reply: its reasoning and edit ({proposal['reply_path']}){more}",
+                *lines[:REPLY_LINES]]
     if info["log_tail"] is not None:
         out += ["", f"--- log tail ({info['log_path']})", info["log_tail"]]
     elif info["error_excerpt"]:

@@ -5,6 +5,7 @@
     runs/NNNN/  runs/NNNN.log                an experiment's run folder and log (NNNN-K: its K-th repeat)
     runs/noise-STAMP-K/  runs/noise-STAMP-K.log   a repeat of `autoresearch noise`
     runs/manual-STAMP/                       a run of `python train.py` by hand
+    runs/proposals/NNNN.txt                  what the agent answered (or its error) for proposal attempt NNNN
     report/                                  `autoresearch report` (progress.png, report.html)
     .autoresearch/                           the harness's state: ledger, lock, journal, quarantine, ...
     refs/autoresearch/discarded/NNNN         the commit of a discarded experiment (kept reachable)
@@ -65,6 +66,14 @@ def run_log(root: Path, exp_id: int, repeat: int | None = None) -> Path:
 def run_dirs_of(root: Path, exp_id: int) -> list[Path]:
     """The run folder of an experiment and of each of its repeats."""
     return sorted(p for p in (Path(root) / RUNS).glob(f"{exp_id:04d}*") if p.is_dir())
+
+
+PROPOSALS = "proposals"
+
+
+def proposal_file(root: Path, attempt_id: int) -> Path:
+    """The agent's reply (or the error) of proposal attempt `attempt_id` (the ledger's proposals table)."""
+    return Path(root) / RUNS / PROPOSALS / f"{attempt_id:04d}.txt"
 
 
 def noise_run(root: Path, stamp: str, k: int) -> tuple[Path, Path]:

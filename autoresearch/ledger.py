@@ -57,6 +57,7 @@ class Experiment:
     input_tokens: int | None = None
     output_tokens: int | None = None
     cost_usd: float | None = None
+    cost_estimated: int | None = None     # 1: cost_usd is an estimate (e.g. Claude Code's list price)
     proposal_seconds: float | None = None
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
@@ -66,30 +67,59 @@ class Experiment:
         return self.commit[:7]
 
 
-_INTEGER = {"steps", "input_tokens", "output_tokens", "samples"}
+@dataclass
+class Attempt:
+    """One request for a proposal, whatever came of it (the `proposals` table); the agent's reply or the
+    error is kept in runs/proposals/NNNN.txt (layout.proposal_file)."""
+
+    id: int | None = None
+    branch: str = ""
+    experiment_id: int | None = None   # the experiment it became, if any
+    agent: str = ""
+    model: str = ""                    # as the server reported it, else as requested
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None      # None: unknown
+    cost_estimated: int | None = None
+    seconds: float | None = None
+    outcome: str = ""                  # proposed | config | transient | reply (the kinds of AgentError)
+    error: str = ""
+    description: str = ""
+    refused: str = ""                  # "Tool path; Tool path": edits the agent was refused
+    reply_path: str = ""               # relative to the workspace
+    started_at: float = field(default_factory=time.time)
+
+
+_INTEGER = {"steps", "input_tokens", "output_tokens", "samples", "cost_estimated", "experiment_id"}
 _REAL = {"val_bpb", "frontier_bpb", "memory_gb", "training_seconds", "total_seconds", "train_wall_seconds",
          "eval_wall_seconds", "params_m", "mfu_percent", "started_at", "finished_at", "cost_usd", "proposal_seconds",
-         "test_bpb", "startup_seconds", "export_seconds"}
+         "test_bpb", "startup_seconds", "export_seconds", "seconds"}
 
 
 def _column(name: str) -> str:
     return f'"{name}" ' + ("INTEGER" if name in _INTEGER else "REAL" if name in _REAL else "TEXT")
 
 
+def _table(db: sqlite3.Connection, name: str, row_type) -> None:
+    """Create table `name` for the dataclass `row_type`, or add the columns an older ledger lacks."""
+    cols = ", ".join(["id INTEGER PRIMARY KEY AUTOINCREMENT"] + [_column(f.name) for f in fields(row_type)[1:]])
+    db.execute(f"CREATE TABLE IF NOT EXISTS {name} ({cols})")
+    present = {row[1] for row in db.execute(f"PRAGMA table_info({name})")}
+    for f in fields(row_type):
+        if f.name not in present:
+            db.execute(f"ALTER TABLE {name} ADD COLUMN {_column(f.name)}")
+
+
 def _create(db: sqlite3.Connection) -> None:
-    """Create the tables, and add any column a newer harness knows to a ledger made by an older one."""
-    cols = ", ".join(["id INTEGER PRIMARY KEY AUTOINCREMENT"] + [_column(f.name) for f in fields(Experiment)[1:]])
-    db.execute(f"CREATE TABLE IF NOT EXISTS experiments ({cols})")
+    """Create the tables, and add any table or column a newer harness knows to a ledger made by an older one."""
+    _table(db, "experiments", Experiment)
+    _table(db, "proposals", Attempt)
     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     db.execute("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER, "
                "branch TEXT, commit_sha TEXT, kind TEXT, seed INTEGER, val_bpb REAL, status TEXT, "
                "error_class TEXT, log_path TEXT, finished_at REAL)")
     db.execute("CREATE TABLE IF NOT EXISTS noise (id INTEGER PRIMARY KEY AUTOINCREMENT, branch TEXT, "
                "commit_sha TEXT, runs INTEGER, mean REAL, std REAL, values_json TEXT, measured_at REAL)")
-    present = {row[1] for row in db.execute("PRAGMA table_info(experiments)")}
-    for f in fields(Experiment):
-        if f.name not in present:
-            db.execute(f"ALTER TABLE experiments ADD COLUMN {_column(f.name)}")
 
 
 def _names(values: dict, suffix: str = "") -> str:
@@ -234,6 +264,33 @@ class Ledger:
             "SELECT * FROM experiments WHERE branch = ? AND status = 'keep' ORDER BY id DESC LIMIT 1", (branch,)
         ).fetchone()
         return _experiment(row) if row else None
+
+    # -- proposal attempts ------------------------------------------------------------------------
+
+    def add_attempt(self, attempt: Attempt) -> Attempt:
+        values = {k: v for k, v in vars(attempt).items() if k != "id"}
+        try:
+            cur = self.db.execute(f"INSERT INTO proposals ({_names(values)}) VALUES ({', '.join('?' * len(values))})",
+                                  list(values.values()))
+        except sqlite3.OperationalError as e:
+            raise LedgerError(f"cannot write the ledger {self.path}: {e}") from None
+        attempt.id = cur.lastrowid
+        return attempt
+
+    def update_attempt(self, attempt: Attempt) -> None:
+        values = {k: v for k, v in vars(attempt).items() if k != "id"}
+        self.db.execute(f"UPDATE proposals SET {_names(values, ' = ?')} WHERE id = ?", [*values.values(), attempt.id])
+
+    def attempts(self, branch: str | None = None) -> list[Attempt]:
+        """Every proposal attempt (of `branch`), oldest first; none in a read-only ledger older than the table."""
+        query, args = ("SELECT * FROM proposals ORDER BY id", ()) if branch is None else \
+            ("SELECT * FROM proposals WHERE branch = ? ORDER BY id", (branch,))
+        try:
+            rows = self.db.execute(query, args).fetchall()
+        except sqlite3.OperationalError:
+            return []
+        names = {f.name for f in fields(Attempt)}
+        return [Attempt(**{k: v for k, v in dict(r).items() if k in names}) for r in rows]
 
     # -- training runs and the noise floor ---------------------------------------------------------
 

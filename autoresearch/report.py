@@ -1,8 +1,8 @@
 """`autoresearch report [--out DIR]`: what happened overnight, as progress.png and report.html.
 
     progress.png   the plot (plot.py)
-    report.html    one self-contained page: the summary, the plot, a sortable table of every experiment and
-                   each kept change's diff against its parent
+    report.html    one self-contained page: the summary, the plot, a sortable table of every experiment, what
+                   the agents were asked and what it cost over time, and each kept change's diff against its parent
 
 The page opens without network: its stylesheet and script (page/report.css, page/report.js, package data)
 are inlined and the plot is a data URI. The default folder is report/ in the workspace, which ignores
@@ -17,7 +17,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from .history import REPORTED, History, delta_of, duration, fmt, lineage, summary, train_diff
+from .history import REPORTED, History, cost_text, delta_of, duration, fmt, lineage, spending, summary, train_diff
 from .layout import CANDIDATE, REPORT
 from .ledger import Experiment
 from .plot import Progress, plot_progress
@@ -29,7 +29,8 @@ _COLUMNS = (  # key, header, numeric; a header ending in * is a figure reported 
     ("val_bpb", "val_bpb", True), ("delta", "delta", True), ("test_bpb", "test_bpb", True),
     ("samples", "runs", True), ("memory_gb", "mem GB", True),
     ("training_seconds", "train s", True), ("total_seconds", "total s", True), ("steps", "steps*", True),
-    ("params_m", "params M*", True), ("error_class", "class", False), ("description", "description", False),
+    ("params_m", "params M*", True), ("error_class", "class", False), ("agent", "agent", False),
+    ("model", "model", False), ("cost_usd", "cost $", True), ("description", "description", False),
     ("started_at", "started", True),
 )
 
@@ -53,6 +54,9 @@ def _cell(key: str, exp: Experiment) -> str:
         return f'<td class="num" data-v="{_e(value if value is not None else "")}">{shown}</td>'
     if key in ("id", "steps", "samples"):
         return f'<td class="num">{_e(value if value is not None else "")}</td>'
+    if key == "cost_usd":
+        shown = "" if value is None else ("~" if exp.cost_estimated else "") + f"{value:.4f}"
+        return f'<td class="num" data-v="{_e(value if value is not None else "")}">{shown}</td>'
     numeric = {"val_bpb": ".6f", "delta": "+.6f", "test_bpb": ".6f", "memory_gb": ".2f", "training_seconds": ".1f",
                "total_seconds": ".1f", "params_m": ".2f"}
     if key in numeric:
@@ -100,6 +104,17 @@ def render_html(h: History, progress: Progress, png: bytes) -> str:
         f"<div>crash rate<b>{rate(s['crash_rate'])}</b>{by_class}</div>",
         f"<div>total time spent<b>{duration(s['time_spent_seconds'])}</b>summed over experiments</div>",
     ]
+    sp = spending(h)
+    if sp["proposals"]:
+        per_kept = cost_text(sp["cost_per_kept_usd"], sp["cost_estimated"])
+        unknown = f", {sp['cost_unknown']} with no known cost" if sp["cost_unknown"] else ""
+        cards += [
+            f'<div id="agent-cost">agent cost<b>{_e(cost_text(sp["cost_usd"], sp["cost_estimated"]))}</b>'
+            f'{sp["proposals"]} proposals ({sp["failed"]} failed){unknown}; {sp["input_tokens"]:,} tokens in / '
+            f'{sp["output_tokens"]:,} out</div>',
+            f'<div id="cost-per-kept">cost per kept improvement<b>{_e(per_kept)}</b>'
+            f'{sp["kept_improvements"]} kept improvement(s) proposed by an agent</div>',
+        ]
     line = lineage(h)
     if line["overfit"]:
         cards.insert(0, f'<div class="warn" id="overfit">val improves, test worsens<b>'
@@ -144,12 +159,34 @@ mem GB is the harness's own measurement of the process tree.</p>
 <tbody>
 {body}
 </tbody></table>
+{_spending_html(sp)}
 <h2>Kept experiments</h2>
 {''.join(kept_parts) or '<p class="muted">nothing kept yet</p>'}
 <script>
 {_page_file("report.js")}</script>
 </body></html>
 """
+
+
+def _spending_html(sp: dict) -> str:
+    """Every proposal attempt, oldest first, with the cumulative cost: what the agents cost over time."""
+    if not sp["proposals"]:
+        return ""
+    rows = []
+    for a in sp["over_time"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a["at"])) if a["at"] else "-"
+        tokens = f"{a['input_tokens'] or 0:,} / {a['output_tokens'] or 0:,}"
+        exp = f"#{a['experiment_id']}" if a["experiment_id"] is not None else ""
+        note = a["error"] or (f"refused: {a['refused']}" if a["refused"] else "")
+        rows.append(f"<tr><td>{when}</td><td>{_e(a['agent'])}</td><td>{_e(a['model'])}</td><td>{_e(a['outcome'])}</td>"
+                    f'<td class="num">{tokens}</td><td class="num">{fmt(a["cost_usd"], ".4f", "")}</td>'
+                    f'<td class="num">{fmt(a["cumulative_usd"], ".4f", "")}</td><td>{exp}</td><td>{_e(note)}</td></tr>')
+    label = " (estimates)" if sp["cost_estimated"] else ""
+    return (f'<h2>Agent spending</h2><p class="muted">Every request for a proposal, failures included; a cost '
+            f'is shown only where one is known{label}.</p><table id="spending"><thead><tr><th>asked</th><th>agent</th>'
+            f'<th>model</th><th>outcome</th><th class="num">tokens in / out</th><th class="num">cost $</th>'
+            f'<th class="num">cumulative $</th><th>experiment</th><th>error / refused</th></tr></thead><tbody>'
+            + "\n".join(rows) + "</tbody></table>")
 
 
 def _ignore_inside(root: Path, out: Path) -> None:

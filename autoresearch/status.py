@@ -8,7 +8,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .history import History, delta_of, fmt, glance
+from .history import History, delta_of, fmt, glance, spending, spending_line
 
 STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red", "timeout": "yellow",
                 "rejected": "magenta", "running": "cyan", "invalid": "bold red"}
@@ -23,6 +23,8 @@ def print_status(h: History, last: int = 15) -> None:
     test = f", test_bpb {frontier.test_bpb:.6f}" if frontier and frontier.test_bpb is not None else ""
     console.print(f"branch {s['branch']}: {s['experiments']} experiments, {s['kept']} kept, best val_bpb {best}, "
                   f"frontier {frontier.short if frontier else '-'}{test}", highlight=False)
+    if spent := spending_line(spending(h)):
+        console.print(spent, highlight=False)
     if s["noise_std"] is not None:
         console.print(f"noise floor: std {s['noise_std']:.6f} of one run ({s['noise_dof']} dof)", highlight=False)
     if s["overfit"]:

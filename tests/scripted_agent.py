@@ -9,6 +9,7 @@ from autoresearch.agents import Proposal
 SCRIPT: list[dict] = []   # filled by a test: {"replace": (old, new)} | {"write": {path: text}} | {"fail": msg}
 SEEN: list = []           # the contexts the agent was given
 OBSERVED: list = []       # the experiments it was told about
+OBSERVE_FAILS: set = set()  # descriptions whose observe() raises (a backend's bookkeeping failing)
 
 
 class ScriptedAgent:
@@ -39,3 +40,5 @@ class ScriptedAgent:
 
     def observe(self, experiment) -> None:
         OBSERVED.append(experiment)
+        if experiment.description in OBSERVE_FAILS:
+            raise RuntimeError(f"scripted observe failure on {experiment.description}")

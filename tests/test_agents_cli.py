@@ -26,7 +26,7 @@ import pytest
 
 from autoresearch import agents
 from autoresearch.agents import AgentError, AgentUnavailable, Context
-from autoresearch.agents.claude_code import ClaudeCodeAgent, parse_result, usage_of
+from autoresearch.agents.claude_code import ClaudeCodeAgent, parse_result, refusals, usage_of
 from autoresearch.agents.cli_tools import description_from
 from autoresearch.agents.codex_cli import CodexAgent, filesystem_rules, parse_events
 from autoresearch.guard import out_of_scope
@@ -347,7 +347,10 @@ def test_claude_edits_train_py_and_reports_the_description(workspace, servers, m
     assert git(workspace, "status", "--porcelain") == "M train.py"
     assert proposal.model == "claude-standin-1"
     assert proposal.input_tokens >= 2 * server.IN and proposal.output_tokens >= 2 * server.OUT
-    assert proposal.cost_usd is not None and proposal.cost_usd >= 0
+    # Claude Code prices the model it asked for at list price; through a server of one's own that says
+    # nothing, so no cost is recorded (the estimate is kept, labelled, without a base URL: test_parse_claude_results)
+    assert proposal.cost_usd is None and not proposal.cost_estimated
+    assert "raise MATRIX_LR" in proposal.reply and proposal.refused == []
     convo = server.conversation_requests()
     assert len(convo) == 2                                     # the edit, then the final answer
     first = convo[0]
@@ -365,8 +368,11 @@ def test_claude_refuses_to_edit_another_file(workspace, servers, monkeypatch):
                               "DESCRIPTION: edit the instructions")
     servers.append(server)
     agent = claude_agent(workspace, server, monkeypatch)
-    with pytest.raises(AgentError, match="without changing train.py"):
+    with pytest.raises(AgentError, match="without changing train.py") as info:
         agent.propose(context(workspace))
+    # which tool and path were refused is kept and said, so a user can fix program.md
+    assert info.value.kind == "reply" and "refused: Edit program.md" in str(info.value)
+    assert info.value.spent.refused == ["Edit program.md"] and info.value.spent.output_tokens
     # Claude Code's own permissions refused the edit: nothing changed, and the model was told so
     assert (workspace / "program.md").read_text() == program
     assert git(workspace, "status", "--porcelain") == ""
@@ -397,8 +403,9 @@ def test_claude_api_error_is_an_agent_error(workspace, servers, monkeypatch):
 
     server = Failing(workspace / "train.py", "x", "y", "unused")
     servers.append(server)
-    with pytest.raises(AgentError, match="scripted failure: unknown parameter"):
+    with pytest.raises(AgentError, match="scripted failure: unknown parameter") as info:
         claude_agent(workspace, server, monkeypatch).propose(context(workspace))
+    assert info.value.kind == "config"  # a 4xx: retrying cannot help
     assert git(workspace, "status", "--porcelain") == ""
 
 
@@ -623,6 +630,15 @@ def test_parse_claude_results():
     assert result["is_error"] and "prompt too long" in result["result"]
     assert parse_result("not json at all") is None
     assert usage_of({"usage": {"input_tokens": 7, "output_tokens": 2}}) == (7, 2, None)
+    # Claude Code's cost is its own list-price estimate: kept as such talking to Anthropic, dropped through
+    # a base URL of one's own (a proxy or another server: the list price says nothing there)
+    ok = parse_result(CLAUDE_OK)
+    assert ClaudeCodeAgent().cost_of(ok) == 0.0016
+    assert ClaudeCodeAgent(base_url="http://127.0.0.1:9/").cost_of(ok) is None
+    denied = {"permission_denials": [{"tool_name": "Write", "tool_use_id": "t1",
+                                      "tool_input": {"file_path": "/w/notes.txt", "content": "x"}},
+                                     {"tool_name": "Edit", "tool_input": {"file_path": "../elsewhere.py"}}]}
+    assert refusals(denied, Path("/w")) == ["Write notes.txt", "Edit ../elsewhere.py"]
 
 
 def test_parse_codex_events():

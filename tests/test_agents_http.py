@@ -162,7 +162,7 @@ def test_openai_sends_the_prompt_and_returns_the_edited_train_py(server, tmp_pat
 
     assert proposal.description == "warm up for 5% of the budget and raise MATRIX_LR"
     assert proposal.train_py == GOOD_RESULT
-    assert proposal.model == "qwen-coder"
+    assert proposal.model == "served-model" and proposal.extra["requested_model"] == "qwen-coder"  # as served
     assert (proposal.input_tokens, proposal.output_tokens) == (1200, 85)
     assert proposal.cost_usd is None and proposal.seconds >= 0
 
@@ -186,7 +186,7 @@ def test_openai_without_a_key_sends_no_authorization_and_reads_env(server, tmp_p
     assert isinstance(agent, OpenAIAgent) and agent.name == "openai"
     agent.backoff = 0.0
     proposal = agent.propose(context(tmp_path))
-    assert proposal.train_py == GOOD_RESULT and proposal.model == "llama3"
+    assert proposal.train_py == GOOD_RESULT and proposal.extra["requested_model"] == "llama3"
     [req] = server.requests
     assert req["path"] == "/v1/chat/completions"
     assert "authorization" not in req["headers"]
@@ -337,7 +337,7 @@ def test_anthropic_sends_the_prompt_and_returns_the_edited_train_py(server, tmp_
 
     assert proposal.description == "warm up for 5% of the budget and raise MATRIX_LR"
     assert proposal.train_py == GOOD_RESULT
-    assert proposal.model == DEFAULT_MODEL
+    assert proposal.model == "served-claude" and proposal.extra["requested_model"] == DEFAULT_MODEL
     assert (proposal.input_tokens, proposal.output_tokens) == (2100, 140)
     assert proposal.cost_usd is None
 
@@ -361,7 +361,7 @@ def test_anthropic_reads_model_and_base_url_from_the_environment(server, tmp_pat
     server.script.append((200, anthropic_answer(GOOD_REPLY)))
     agent = agents.create("anthropic", tmp_path)
     assert isinstance(agent, AnthropicAgent) and agent.name == "anthropic"
-    assert agent.propose(context(tmp_path)).model == "claude-test-model"
+    assert agent.propose(context(tmp_path)).extra["requested_model"] == "claude-test-model"
     assert server.requests[0]["json"]["model"] == "claude-test-model"
 
 

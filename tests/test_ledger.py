@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from autoresearch.ledger import Experiment, Ledger, TSV_HEADER
+from autoresearch.ledger import Attempt, Experiment, Ledger, TSV_HEADER
 from autoresearch.selection import decide, score
 
 
@@ -45,6 +45,29 @@ def test_an_old_ledger_gains_new_columns(repo):
     assert ledger.get(1).commit == "c" and ledger.get(1).val_bpb is None
     ledger.insert(Experiment(branch="autoresearch/x", commit="d", eval_wall_seconds=2.5))
     assert ledger.all()[-1].eval_wall_seconds == 2.5
+
+
+def test_an_old_ledger_gains_the_proposals_table_in_place(repo):
+    (repo / ".autoresearch").mkdir()
+    db = sqlite3.connect(repo / ".autoresearch" / "ledger.sqlite")
+    db.execute('CREATE TABLE experiments (id INTEGER PRIMARY KEY AUTOINCREMENT, branch TEXT, "commit" TEXT, '
+               'status TEXT, agent TEXT, model TEXT, cost_usd REAL)')
+    db.execute("INSERT INTO experiments (branch, \"commit\", status, agent, model, cost_usd) "
+               "VALUES ('autoresearch/x', 'c', 'keep', 'claude', 'm', 0.5)")
+    db.commit()
+    db.close()
+    old = Ledger(repo, readonly=True)   # a read-only open upgrades nothing and finds no attempts
+    assert old.attempts() == [] and old.get(1).cost_estimated is None
+    old.close()
+    ledger = Ledger(repo)
+    assert ledger.get(1).cost_usd == 0.5 and ledger.attempts() == []
+    a = ledger.add_attempt(Attempt(branch="autoresearch/x", agent="claude", model="m", outcome="transient",
+                                   error="HTTP 529", cost_usd=None))
+    a.experiment_id = 1
+    ledger.update_attempt(a)
+    [back] = ledger.attempts("autoresearch/x")
+    assert (back.id, back.experiment_id, back.error, back.cost_usd) == (1, 1, "HTTP 529", None)
+    assert ledger.attempts("autoresearch/other") == []
 
 
 def test_strict_rule_and_metric_direction():

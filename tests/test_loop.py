@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 import scripted_agent
 from autoresearch import agents
-from autoresearch.loop import Limits, run_loop
+from autoresearch.loop import Limits, Policy, run_loop
 from conftest import run_cli
 from test_run import git, lab, rows, tsv, wait_for_training  # noqa: F401 - lab is a fixture
 
@@ -32,6 +33,9 @@ def test_optuna_loop_records_experiments_and_only_improves(lab):
     assert len(r) == 4 and r[0]["description"] == "baseline"
     assert all(x["agent"] == "optuna" for x in r)
     assert all(x["description"].startswith("optuna: ") and x["model"] == "optuna-tpe" for x in r[1:])
+    assert all(x["cost_usd"] == 0.0 and not x["cost_estimated"] for x in r[1:])   # no model: known to be free
+    assert "agents: optuna (optuna-tpe): 3 proposals (0 failed), 0 tokens in / 0 out, cost $0.0000" in \
+        run_cli("status", cwd=lab).stdout
     kept = [x["val_bpb"] for x in r if x["status"] == "keep"]
     assert kept == sorted(kept, reverse=True) and len(set(kept)) == len(kept)  # the frontier only improves
     assert len(tsv(lab)) == 4
@@ -65,10 +69,11 @@ def scripted(monkeypatch):
     scripted_agent.SCRIPT.clear()
     scripted_agent.SEEN.clear()
     scripted_agent.OBSERVED.clear()
+    scripted_agent.OBSERVE_FAILS.clear()
     return scripted_agent
 
 
-def test_crash_gets_one_fix_attempt_and_scope_violations_are_put_aside(lab, scripted):
+def test_crash_gets_one_fix_attempt_and_scope_violations_are_put_aside(lab, scripted, capsys):
     scripted.SCRIPT.extend([
         {"replace": ("DEPTH = 2 ", "DEPTH = 2 +* "), "description": "deeper (typo)"},      # crash: syntax
         {"replace": ("DEPTH = 2 ", "DEPTH = 1 "), "description": "shallower"},            # the fix attempt
@@ -76,8 +81,13 @@ def test_crash_gets_one_fix_attempt_and_scope_violations_are_put_aside(lab, scri
         {"fail": "the model said nothing useful"},
         {"replace": ("torch.manual_seed(SEED)", "torch.manual_seed(7)"), "description": "another seed"},
     ])
-    done = run_loop(lab, "scripted", Limits(max_experiments=5), rule="strict")
+    scripted.OBSERVE_FAILS.add("fix: shallower")
+    done = run_loop(lab, "scripted", Limits(max_experiments=5), rule="strict", policy=Policy(backoff=0.1))
     assert done == 5
+    out = capsys.readouterr().out
+    # observe() failing is said, and the loop goes on (the experiment is recorded either way)
+    assert "warning: scripted could not take in the result of #3" in out and "scripted observe failure" in out
+    assert "retrying in 0.1 s (1 of 10 failures in a row)" in out
     r = rows(lab)
     assert [x["status"] for x in r][:4] == ["keep", "crash", r[2]["status"], "rejected"]
     assert r[1]["error_class"] == "syntax" and r[2]["description"] == "fix: shallower"
@@ -95,6 +105,14 @@ def test_crash_gets_one_fix_attempt_and_scope_violations_are_put_aside(lab, scri
     assert r[4]["input_tokens"] == 10 and r[4]["model"] == "script"
     assert [e.id for e in scripted.OBSERVED] == [x["id"] for x in r]
     assert git(lab, "status", "--porcelain") == ""
+    # every proposal attempt is traced, the failed one too, and linked to the experiment it became
+    db = sqlite3.connect(lab / ".autoresearch" / "ledger.sqlite")
+    trace = db.execute("SELECT experiment_id, outcome, description, reply_path FROM proposals ORDER BY id").fetchall()
+    db.close()
+    assert [(t[0], t[1]) for t in trace] == [(2, "proposed"), (3, "proposed"), (4, "proposed"), (None, "reply"),
+                                             (5, "proposed")]
+    assert "the model said nothing useful" in (lab / trace[3][3]).read_text()
+    assert "#5 " in out and ":: another seed" in out   # result lines carry the ledger id and the description
 
 
 def test_loop_refuses_to_start_on_foreign_changes_and_unknown_agents(lab):

@@ -11,9 +11,10 @@ no backend imports another (what several share: `base.py`, `http.py`, `edits.py`
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
-from .base import Agent, AgentError, AgentUnavailable, Context, Failure, Proposal
+from .base import CONFIG, REPLY, TRANSIENT, Agent, AgentError, AgentUnavailable, Context, Failure, Proposal
 
 REGISTRY = {
     "optuna": "autoresearch.agents.optuna_search:OptunaAgent",
@@ -24,8 +25,9 @@ REGISTRY = {
 }
 
 
-def create(name: str, workspace: Path, model: str | None = None, base_url: str | None = None) -> Agent:
-    """Instantiate backend `name` for `workspace`; unknown names are a clear error."""
+def create(name: str, workspace: Path, model: str | None = None, base_url: str | None = None, **options) -> Agent:
+    """Instantiate backend `name` for `workspace`; unknown names are a clear error. `options` (timeout,
+    retries) go to the backends that take them; a backend without a request (optuna) ignores them."""
     if name not in REGISTRY:
         raise ValueError(f"unknown agent {name!r} (known: {', '.join(REGISTRY)})")
     module, cls = REGISTRY[name].split(":")
@@ -33,7 +35,10 @@ def create(name: str, workspace: Path, model: str | None = None, base_url: str |
         factory = getattr(importlib.import_module(module), cls)
     except ImportError as e:
         raise AgentUnavailable(f"agent {name!r} needs a package that is not installed: {e}") from None
-    return factory(workspace=Path(workspace), model=model, base_url=base_url)
+    accepted = inspect.signature(factory).parameters
+    given = {k: v for k, v in options.items() if v is not None and k in accepted}
+    return factory(workspace=Path(workspace), model=model, base_url=base_url, **given)
 
 
-__all__ = ["Agent", "AgentError", "AgentUnavailable", "Context", "Failure", "Proposal", "REGISTRY", "create"]
+__all__ = ["CONFIG", "REPLY", "TRANSIENT", "Agent", "AgentError", "AgentUnavailable", "Context", "Failure", "Proposal",
+           "REGISTRY", "create"]

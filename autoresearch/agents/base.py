@@ -18,12 +18,36 @@ from pathlib import Path
 from typing import Protocol
 
 
+CONFIG, TRANSIENT, REPLY = "config", "transient", "reply"   # the kinds of AgentError
+
+
 class AgentError(RuntimeError):
-    """A backend could not produce a proposal (bad answer, server error); the loop records and moves on."""
+    """A backend could not produce a proposal. Its `kind` tells the loop what to do:
+
+        config     the request itself is wrong (unknown model, rejected key, any other 4xx): retrying cannot
+                   help, the loop stops at once
+        transient  a server error, a timeout, a dropped connection: the loop backs off and tries again
+        reply      an answer came but could not be used (no edits, edits that do not apply): tried again
+
+    `reply` keeps what the agent answered, `spent` what the attempt cost (a Proposal with no description:
+    model, tokens, cost), `retry_after` the wait a server asked for. The loop records all of it."""
+
+    kind = REPLY
+
+    def __init__(self, message: str, *, kind: str | None = None, reply: str = "", spent: "Proposal | None" = None,
+                 retry_after: float | None = None):
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+        self.reply = reply
+        self.spent = spent
+        self.retry_after = retry_after
 
 
 class AgentUnavailable(AgentError):
     """A backend cannot work at all (missing key, unreachable server, CLI not installed): stop before looping."""
+
+    kind = CONFIG
 
 
 @dataclass
@@ -71,11 +95,14 @@ class Context:
 class Proposal:
     description: str
     train_py: str | None = None        # None: the backend edited the workspace itself
-    model: str = ""
+    model: str = ""                    # as the server reported it, else as requested
     input_tokens: int | None = None
     output_tokens: int | None = None
-    cost_usd: float | None = None
+    cost_usd: float | None = None      # None: unknown (no cost is made up)
+    cost_estimated: bool = False       # the cost is an estimate (e.g. Claude Code's list-price figure)
     seconds: float = 0.0
+    reply: str = ""                    # what the agent answered, kept under runs/proposals/
+    refused: list[str] = field(default_factory=list)   # "Tool path" of each edit the agent was refused
     extra: dict = field(default_factory=dict)
 
 

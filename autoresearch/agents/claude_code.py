@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..layout import CANDIDATE
 from . import http
-from .base import AgentError, AgentUnavailable, Context, Endpoint, Proposal, as_float, as_int
+from .base import CONFIG, REPLY, TRANSIENT, AgentError, AgentUnavailable, Context, Endpoint, Proposal, as_float, as_int
 from .cli_tools import description_from, find_executable, prompt_for_cli, require_some_change, run_cli
 from .http import excerpt
 
@@ -98,21 +98,34 @@ class ClaudeCodeAgent:
         result = parse_result(run.stdout)
         if result is None:
             raise AgentError(f"claude failed (exit {run.returncode}, no JSON result): "
-                             f"{excerpt(run.stderr or run.stdout)!r}")
+                             f"{excerpt(run.stderr or run.stdout)!r}", kind=TRANSIENT, reply=run.stdout + run.stderr)
         text = result.get("result") if isinstance(result.get("result"), str) else ""
+        input_tokens, output_tokens, served = usage_of(result)
+        spent = Proposal(description="", train_py=None, model=served or self.model or "", input_tokens=input_tokens,
+                         output_tokens=output_tokens, cost_usd=self.cost_of(result),
+                         cost_estimated=self.cost_of(result) is not None, seconds=time.monotonic() - started,
+                         reply=text or run.stdout, refused=refusals(result, root))
         if result.get("is_error") or run.returncode != 0:
             detail = text or run.stderr or run.stdout
-            status = result.get("api_error_status")
+            status = as_int(result.get("api_error_status"))
+            kind = CONFIG if status is not None and 400 <= status < 500 and status not in (408, 429) else TRANSIENT
             raise AgentError(f"claude failed (exit {run.returncode}"
-                             + (f", API status {status}" if status else "") + f"): {excerpt(detail)!r}")
-        require_some_change(root, context, "claude")
-        input_tokens, output_tokens, served = usage_of(result)
-        denials = result.get("permission_denials") or []
-        return Proposal(description=description_from(text), train_py=None,
-                        model=self.model or served or "", input_tokens=input_tokens, output_tokens=output_tokens,
-                        cost_usd=as_float(result.get("total_cost_usd")), seconds=time.monotonic() - started,
-                        extra={"session_id": result.get("session_id"), "num_turns": result.get("num_turns"),
-                               "served_model": served, "permission_denials": len(denials)})
+                             + (f", API status {status}" if status else "") + f"): {excerpt(detail)!r}",
+                             kind=kind, reply=spent.reply, spent=spent)
+        try:
+            require_some_change(root, context, "claude")
+        except AgentError as e:
+            refused = f" (refused: {', '.join(spent.refused)})" if spent.refused else ""
+            raise AgentError(f"{e}{refused}", kind=REPLY, reply=spent.reply, spent=spent) from None
+        spent.description = description_from(text)
+        spent.extra = {"session_id": result.get("session_id"), "num_turns": result.get("num_turns"),
+                       "requested_model": self.model}
+        return spent
+
+    def cost_of(self, result: dict) -> float | None:
+        """Claude Code's `total_cost_usd`: its own list-price estimate for the model it thinks it used. Through
+        a base URL of one's own (a proxy, another server) that price says nothing: no cost is recorded."""
+        return None if self.base_url else as_float(result.get("total_cost_usd"))
 
     def observe(self, experiment) -> None:
         """Nothing to learn: every proposal starts from the ledger's history in the prompt."""
@@ -131,6 +144,23 @@ def parse_result(stdout: str) -> dict | None:
         if isinstance(data, dict) and ("result" in data or data.get("type") == "result"):
             return data
     return None
+
+
+def refusals(result: dict, root: Path) -> list[str]:
+    """`Tool path` for each tool call Claude Code refused (its `permission_denials`), paths relative to `root`."""
+    out = []
+    for denial in result.get("permission_denials") or []:
+        if not isinstance(denial, dict):
+            continue
+        tool = str(denial.get("tool_name") or "?")
+        given = denial.get("tool_input") if isinstance(denial.get("tool_input"), dict) else {}
+        target = str(given.get("file_path") or given.get("path") or given.get("command") or "")
+        try:
+            target = str(Path(target).relative_to(root)) if target.startswith("/") else target
+        except ValueError:
+            pass
+        out.append(f"{tool} {target}".strip())
+    return out
 
 
 _MODEL_INPUT_KEYS = ("inputTokens", "cacheReadInputTokens", "cacheCreationInputTokens")

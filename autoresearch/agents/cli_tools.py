@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..git import git
 from ..layout import CANDIDATE
-from .base import AgentError, AgentUnavailable, Context
+from .base import TRANSIENT, AgentError, AgentUnavailable, Context
 from .http import excerpt
 
 CLI_INSTRUCTIONS = """\
@@ -91,8 +91,8 @@ def run_cli(cmd: list[str], prompt: str, cwd: Path, env: dict[str, str], timeout
         _end_group(proc)
         stdout, stderr = proc.communicate()
         last = (stdout or "").strip().splitlines()[-1:] or (stderr or "").strip().splitlines()[-1:] or [""]
-        raise AgentError(f"{what} did not finish within {timeout:g} s and was stopped; "
-                         f"its last output: {excerpt(last[0])!r}") from None
+        raise AgentError(f"{what} did not finish within {timeout:g} s (--request-timeout) and was stopped; "
+                         f"its last output: {excerpt(last[0])!r}", kind=TRANSIENT, reply=stdout or "") from None
     except BaseException:  # Ctrl-C while the CLI works: do not leave it editing the workspace
         _end_group(proc)
         raise

@@ -43,7 +43,7 @@ from pathlib import Path
 from ..harness.paths import cache_dir
 from ..layout import CANDIDATE
 from . import http
-from .base import AgentError, AgentUnavailable, Context, Endpoint, Proposal, as_int
+from .base import CONFIG, TRANSIENT, AgentError, AgentUnavailable, Context, Endpoint, Proposal, as_int
 from .cli_tools import description_from, find_executable, prompt_for_cli, require_some_change, run_cli
 from .http import excerpt
 
@@ -114,13 +114,23 @@ class CodexAgent:
         events = parse_events(run.stdout)
         if run.returncode != 0 or events.failure:
             detail = events.failure or stderr_gist(run.stderr) or run.stdout
-            raise AgentError(f"codex failed (exit {run.returncode}): {excerpt(detail)!r}")
+            status = re.search(r"\bstatus:? (\d{3})\b", detail or "")
+            code = int(status.group(1)) if status else None
+            kind = CONFIG if code is not None and 400 <= code < 500 and code not in (408, 429) else TRANSIENT
+            raise AgentError(f"codex failed (exit {run.returncode}): {excerpt(detail)!r}", kind=kind,
+                             reply=run.stdout + run.stderr)
         if events.message is None:
-            raise AgentError(f"codex finished without a final message: {excerpt(run.stderr or run.stdout)!r}")
-        require_some_change(root, context, "codex")
+            raise AgentError(f"codex finished without a final message: {excerpt(run.stderr or run.stdout)!r}",
+                             reply=run.stdout + run.stderr)
+        try:
+            require_some_change(root, context, "codex")
+        except AgentError as e:
+            raise AgentError(str(e), reply=events.message, spent=Proposal(
+                description="", model=self.model or "", input_tokens=events.input_tokens,
+                output_tokens=events.output_tokens, seconds=time.monotonic() - started)) from None
         return Proposal(description=description_from(events.message), train_py=None, model=self.model or "",
                         input_tokens=events.input_tokens, output_tokens=events.output_tokens, cost_usd=None,
-                        seconds=time.monotonic() - started,
+                        seconds=time.monotonic() - started, reply=events.message,
                         extra={"thread_id": events.thread_id, "files_changed": sorted(events.files_changed),
                                "commands": events.commands})
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from .base import AgentError, Proposal, as_int
+from .base import REPLY, AgentError, Proposal, as_int
 
 EDIT_INSTRUCTIONS = """\
 You are a machine-learning researcher running experiments on train.py, a single-file GPT training script. \
@@ -156,15 +156,18 @@ def proposal_from_reply(text: str, source: str, *, model: str, input_tokens, out
                         cut_off: str | None = None, served_model=None) -> Proposal:
     """Parse a model's reply, apply its edits to `source`, and wrap the result as a Proposal.
 
-    `cut_off` names the token limit when the server says the reply was truncated, so a parse failure
-    can say why."""
+    The model is the one the server says answered (`served_model`), else the one asked for. `cut_off` names
+    the token limit when the server says the reply was truncated, so a parse failure can say why. A reply
+    that cannot be used is an AgentError that keeps the reply and what it cost."""
+    served = served_model if isinstance(served_model, str) and served_model else model
+    spent = Proposal(description="", model=served, input_tokens=as_int(input_tokens),
+                     output_tokens=as_int(output_tokens), seconds=seconds, reply=text)
     try:
         description, blocks = parse_reply(text)
         new_source = apply_edits(source, blocks)
     except AgentError as e:
-        if cut_off:
-            raise AgentError(f"{e} [the reply was cut off at {cut_off}]") from None
-        raise
-    return Proposal(description=description, train_py=new_source, model=model,
-                    input_tokens=as_int(input_tokens), output_tokens=as_int(output_tokens), cost_usd=None,
-                    seconds=seconds, extra={"edit_blocks": len(blocks), "served_model": served_model})
+        why = f"{e} [the reply was cut off at {cut_off}]" if cut_off else str(e)
+        raise AgentError(why, kind=REPLY, reply=text, spent=spent) from None
+    spent.description, spent.train_py = description, new_source
+    spent.extra = {"edit_blocks": len(blocks), "requested_model": model}
+    return spent

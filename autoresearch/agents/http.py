@@ -1,9 +1,15 @@
 """The small HTTP layer shared by the model-API backends: a JSON POST with retries, and a reachability probe.
 
-Transient failures (HTTP 429, any 5xx, a dropped connection) are retried with exponential backoff, honouring
-a short `Retry-After`; everything else becomes an AgentError carrying the status and the start of the body,
-so the loop's log says what the server objected to. A timeout is not retried: with the long timeouts a
-model needs, retrying would stall the loop for far too long.
+Every failure is an AgentError carrying the status and the start of the body, so the loop's log says what the
+server objected to, and a kind that tells the loop what to do (base.py):
+
+    config      HTTP 4xx other than 408 and 429 (unknown model, rejected key, bad request)
+    transient   HTTP 408, 429, 5xx; no answer within the timeout; a refused connection ("cannot connect");
+                a connection the server accepted and then closed without answering (said so)
+    reply       HTTP 2xx with a body that is not a JSON object
+
+`retries` (default none: the loop that calls us owns the back-off) retries transient statuses and connection
+failures, honouring a short `Retry-After`. A timeout is never retried here.
 """
 
 from __future__ import annotations
@@ -12,9 +18,9 @@ import time
 
 import requests
 
-from .base import AgentError, AgentUnavailable
+from .base import CONFIG, REPLY, TRANSIENT, AgentError, AgentUnavailable
 
-RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
+RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 MAX_RETRY_AFTER = 60.0   # seconds; a longer Retry-After is capped to this
 EXCERPT_CHARS = 300
 
@@ -35,25 +41,36 @@ def _retry_after(response: requests.Response) -> float | None:
         return None  # an HTTP date: not worth parsing, fall back on our own backoff
 
 
-def post_json(url: str, body: dict, headers: dict[str, str], *, timeout: float, retries: int = 3,
+def _dropped(error: requests.ConnectionError) -> bool:
+    """Whether the server accepted the connection and then closed it (rather than refusing it)."""
+    text = str(error)
+    return "RemoteDisconnected" in text or "Connection aborted" in text or "ConnectionResetError" in text or \
+        "closed connection without response" in text
+
+
+def post_json(url: str, body: dict, headers: dict[str, str], *, timeout: float, retries: int = 0,
               backoff: float = 2.0) -> dict:
     """POST `body` as JSON and return the decoded JSON answer.
 
-    Up to `retries` further attempts follow a 429, a 5xx or a connection error, waiting backoff, 2*backoff,
-    4*backoff... (or the server's Retry-After when it gives one). Raises AgentError otherwise.
+    Up to `retries` further attempts follow a transient status or a connection error, waiting backoff,
+    2*backoff, 4*backoff... (or the server's Retry-After when it gives one). Raises AgentError otherwise.
     """
     attempt = 0
     while True:
         wait = backoff * (2 ** attempt)
+        tried = f" (after {attempt + 1} attempts)" if attempt else ""
         try:
             response = requests.post(url, json=body, headers=headers, timeout=timeout)
         except requests.Timeout:
-            raise AgentError(f"POST {url}: no answer within {timeout:g} s") from None
+            raise AgentError(f"POST {url}: no answer within {timeout:g} s (--request-timeout)",
+                             kind=TRANSIENT) from None
         except requests.ConnectionError as e:
             if attempt >= retries:
-                raise AgentError(f"POST {url}: cannot connect ({excerpt(str(e), 200)})") from None
+                what = ("the server accepted the connection and closed it without an answer" if _dropped(e)
+                        else f"cannot connect ({excerpt(str(e), 200)})")
+                raise AgentError(f"POST {url}: {what}{tried}", kind=TRANSIENT) from None
         except requests.RequestException as e:
-            raise AgentError(f"POST {url}: {excerpt(str(e), 200)}") from None
+            raise AgentError(f"POST {url}: {excerpt(str(e), 200)}", kind=TRANSIENT) from None
         else:
             status = response.status_code
             if status < 300:
@@ -61,13 +78,15 @@ def post_json(url: str, body: dict, headers: dict[str, str], *, timeout: float, 
                     data = response.json()
                 except ValueError:
                     raise AgentError(f"POST {url}: HTTP {status} but the body is not JSON: "
-                                     f"{excerpt(response.text)!r}") from None
+                                     f"{excerpt(response.text)!r}", kind=REPLY, reply=response.text) from None
                 if not isinstance(data, dict):
-                    raise AgentError(f"POST {url}: expected a JSON object, got {excerpt(response.text)!r}")
+                    raise AgentError(f"POST {url}: expected a JSON object, got {excerpt(response.text)!r}",
+                                     kind=REPLY, reply=response.text)
                 return data
             if status not in RETRY_STATUSES or attempt >= retries:
-                tried = f" (after {attempt + 1} attempts)" if attempt else ""
-                raise AgentError(f"POST {url}: HTTP {status}{tried}: {excerpt(response.text)!r}")
+                kind = TRANSIENT if status in RETRY_STATUSES else CONFIG
+                raise AgentError(f"POST {url}: HTTP {status}{tried}: {excerpt(response.text)!r}", kind=kind,
+                                 reply=response.text, retry_after=_retry_after(response))
             server_wait = _retry_after(response)
             if server_wait is not None:
                 wait = server_wait
@@ -82,6 +101,11 @@ def probe(url: str, headers: dict[str, str], *, timeout: float = 5.0, what: str 
         response = requests.get(url, headers=headers, timeout=timeout)
     except requests.Timeout:
         raise AgentUnavailable(f"{what} at {url} did not answer within {timeout:g} s") from None
+    except requests.ConnectionError as e:
+        if _dropped(e):
+            raise AgentUnavailable(f"{what} at {url} accepted the connection and closed it without an answer") \
+                from None
+        raise AgentUnavailable(f"cannot reach {what} at {url}: {excerpt(str(e), 200)}") from None
     except requests.RequestException as e:
         raise AgentUnavailable(f"cannot reach {what} at {url}: {excerpt(str(e), 200)}") from None
     return response.status_code

@@ -252,6 +252,8 @@ class OptunaAgent:
         self._set_pending({"trial": trial.number, "params": values})
         return Proposal(description=description if changed else "optuna: repeat the frontier (no change)",
                         train_py=write_constants(context.train_py, values), model="optuna-tpe",
+                        cost_usd=0.0,  # no model, no tokens: known to cost nothing
+                        reply="\n".join(f"{k} = {v!r}" for k, v in values.items()) + "\n",
                         seconds=time.monotonic() - t0, extra={"trial": trial.number})
 
     def observe(self, experiment) -> None:
