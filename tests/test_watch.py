@@ -85,3 +85,13 @@ def test_status_piped_without_a_width_cuts_nothing(tmp_path, monkeypatch, capsys
     with reading(root) as h:
         print_status(h)
     assert LONG in capsys.readouterr().out
+
+
+def test_show_breaks_an_experiments_wall_time_down():
+    from autoresearch.history import wall_time
+
+    info = {"total_seconds": 45.0, "train_wall_seconds": 30.0, "startup_seconds": 12.0, "training_seconds": 15.0,
+            "export_seconds": 2.0, "eval_wall_seconds": 9.0}
+    assert wall_time(info) == ("45.0 s = start-up 12.0 + training 15.0 + export 2.0 + rest of train.py 1.0 + "
+                               "evaluation 9.0 + harness 6.0 s")
+    assert wall_time({"total_seconds": None, "train_wall_seconds": None}) is None   # a rejected experiment
