@@ -338,6 +338,8 @@ def format_show(info: dict) -> str:
     proposal = info.get("proposal")
     if proposal and proposal["refused"]:
         out.append(f"refused      {proposal['refused']}")
+    if breakdown := wall_time(info):
+        out.append(f"wall time    {breakdown}")
     if info["started_at"]:
         out.append("started      " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started_at"])))
     out.append("")
@@ -357,6 +359,23 @@ def format_show(info: dict) -> str:
     elif info["error_excerpt"]:
         out += ["", "--- error excerpt", info["error_excerpt"].rstrip()]
     return "\n".join(out)
+
+
+def wall_time(info: dict) -> str | None:
+    """Where an experiment's wall time went, from the ledger's timings (the last training run's, when a
+    confirmation run was made): start-up, training and export inside train.py's process, the rest of that
+    process, the evaluator, and everything else (harness, git, confirmation runs). None without timings."""
+    total, train_wall = info.get("total_seconds"), info.get("train_wall_seconds")
+    if total is None or train_wall is None:
+        return None
+    parts = [(name, info.get(key)) for name, key in (("start-up", "startup_seconds"), ("training", "training_seconds"),
+                                                     ("export", "export_seconds"))]
+    inside = sum(v for _, v in parts if v is not None)
+    parts.append(("rest of train.py", max(0.0, train_wall - inside)))
+    parts.append(("evaluation", info.get("eval_wall_seconds")))
+    parts.append(("harness", max(0.0, total - train_wall - (info.get("eval_wall_seconds") or 0.0))))
+    shown = " + ".join(f"{name} {v:.1f}" for name, v in parts if v is not None)
+    return f"{total:.1f} s = {shown} s"
 
 
 # -- lineage -------------------------------------------------------------------------------------

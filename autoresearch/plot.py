@@ -2,7 +2,8 @@
 
 x is the experiment number (among the runs that produced a val_bpb), y is val_bpb; discarded runs are grey
 dots, kept runs green dots labelled with their description, a step line is the running best, and the y-axis
-spans best -> baseline. Crashes, timeouts and rejections have no val_bpb: they are counted in the title
+spans best -> baseline, so the kept range stays readable; a discarded run worse than the whole axis is a grey
+triangle on its top edge with its value written under it (work that happened is never off the chart). Crashes, timeouts and rejections have no val_bpb: they are counted in the title
 only. With several branches in the ledger every branch gets its own colour (kept markers and best line),
 and its own numbering from 0.
 
@@ -21,6 +22,7 @@ from .ledger import Experiment
 FIG_INCHES = (16, 8)
 FIG_DPI = 100
 DISCARD_COLOR = "#bbbbbb"
+ABOVE_COLOR = "#888888"
 BRANCH_COLORS = ("#2ecc71", "#3498db", "#e67e22", "#9b59b6", "#e74c3c", "#16a085", "#d4ac0d", "#34495e")
 BEST_COLOR_SINGLE = "#27ae60"
 
@@ -37,6 +39,10 @@ class Series:
     labels: list[str] = field(default_factory=list)
     baseline: float | None = None
 
+    def above(self, ylim: tuple[float, float] | None) -> list[tuple[int, float, int]]:
+        """The discarded points worse than the top of the axis: drawn on its edge."""
+        return [p for p in self.discarded if ylim is not None and p[1] > ylim[1]]
+
 
 @dataclass
 class Progress:
@@ -50,6 +56,7 @@ class Progress:
     ylim: tuple[float, float] | None
     size_px: tuple[int, int]
     legend: list[str] = field(default_factory=list)
+    above: int = 0             # discarded points drawn on the top edge (worse than the axis shows)
 
 
 def progress_series(rows: list[Experiment]) -> list[Series]:
@@ -82,7 +89,8 @@ def _ylim(series: list[Series]) -> tuple[float, float] | None:
         bests = baselines = [y for s in series for _, y, _ in s.discarded]
     if not bests:
         return None
-    top, bottom = max(baselines), min(bests)
+    better = [y for s in series for _, y, _ in s.discarded if y < min(bests)]   # e.g. inside the noise band
+    top, bottom = max(baselines), min(bests + better)
     margin = (top - bottom) * 0.15
     if margin <= 0:
         margin = max(abs(bottom) * 0.01, 1e-3)
@@ -122,10 +130,19 @@ def plot_progress(rows: list[Experiment], path: Path) -> Progress:
     for s in series:
         name = "" if single else f"{s.branch or '(no branch)'}: "
         best_color = BEST_COLOR_SINGLE if single else s.color
-        if s.discarded:
-            ax.scatter([p[0] for p in s.discarded], [p[1] for p in s.discarded], c=DISCARD_COLOR, s=14,
+        above = s.above(ylim)
+        inside = [p for p in s.discarded if p not in above]
+        if inside:
+            ax.scatter([p[0] for p in inside], [p[1] for p in inside], c=DISCARD_COLOR, s=14,
                        alpha=0.7, zorder=2, label=None if discard_labelled else "discarded")
             discard_labelled = True
+        if above:
+            edge = ylim[1] - 0.015 * (ylim[1] - ylim[0])
+            ax.scatter([p[0] for p in above], [edge] * len(above), c=ABOVE_COLOR, s=30, marker="^", zorder=2,
+                       label="discarded, above the axis (value below)")
+            for x, y, _ in above:
+                ax.annotate(f"{y:.3f}", (x, edge), textcoords="offset points", xytext=(0, -6), fontsize=7,
+                            color=ABOVE_COLOR, rotation=90, ha="center", va="top").set_in_layout(False)
         if s.kept:
             ax.scatter([p[0] for p in s.kept], [p[1] for p in s.kept], c=s.color, s=50, zorder=4,
                        edgecolors="black", linewidths=0.5, label=f"{name}kept")
@@ -158,4 +175,4 @@ def plot_progress(rows: list[Experiment], path: Path) -> Progress:
     fig.savefig(path, dpi=FIG_DPI, format="png")
     return Progress(path=path, title=title, experiments=len(finished), kept=kept, failed=failed,
                     rejected=rejected, series=series, ylim=ylim, size_px=_png_size(path.read_bytes()),
-                    legend=legend)
+                    legend=legend, above=sum(len(s.above(ylim)) for s in series))

@@ -1,7 +1,12 @@
-"""`autoresearch status`: the ledger as a table (rich on a terminal, plain aligned text otherwise)."""
+"""`autoresearch status`: the ledger as a table (rich on a terminal, plain aligned text otherwise).
+
+The table fits the terminal's width (or $COLUMNS when the output is not a terminal): a long description is
+cut with an ellipsis (`autoresearch show ID` has the whole). Piped with no $COLUMNS, nothing is cut.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich import box
@@ -10,6 +15,8 @@ from rich.table import Table
 
 from .history import History, delta_of, fmt, glance, spending, spending_line
 
+COLUMNS = ("id", "commit", "status", "val_bpb", "delta", "test_bpb", "mem GB", "train s", "class", "description")
+RIGHT = {"id", "val_bpb", "delta", "test_bpb", "mem GB", "train s"}
 STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red", "timeout": "yellow",
                 "rejected": "magenta", "running": "cyan", "invalid": "bold red"}
 
@@ -17,7 +24,7 @@ STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red", "tim
 def print_status(h: History, last: int = 15) -> None:
     s = glance(h)
     tty = sys.stdout.isatty()
-    console = Console(soft_wrap=True, no_color=not tty, width=None if tty else 4096)
+    console = Console(soft_wrap=True, no_color=not tty, width=None if tty else _columns())
     frontier = s["frontier"]
     best = f"{s['best_val_bpb']:.6f}" if s["best_val_bpb"] is not None else "-"
     test = f", test_bpb {frontier.test_bpb:.6f}" if frontier and frontier.test_bpb is not None else ""
@@ -34,14 +41,26 @@ def print_status(h: History, last: int = 15) -> None:
                       f"{line['frontier_test_bpb']:.6f}): the branch may be fitting the validation set",
                       highlight=False)
     table = Table(box=box.SIMPLE_HEAD if sys.stdout.isatty() else None, pad_edge=False)
-    for col in ("id", "commit", "status", "val_bpb", "delta", "test_bpb", "mem GB", "train s", "class", "description"):
-        table.add_column(col, justify="right" if col in ("id", "val_bpb", "delta", "test_bpb", "mem GB", "train s")
-                         else "left",
-                         no_wrap=col == "description", overflow="ellipsis")
+    rows = []
     for r in s["rows"][-last:]:
-        delta = fmt(delta_of(r), "+.6f", none="")
-        style = STATUS_STYLE.get(r.status, "")
-        table.add_row(str(r.id), r.short or "-", f"[{style}]{r.status}[/]" if style else r.status,
-                      fmt(r.val_bpb), delta, fmt(r.test_bpb), fmt(r.memory_gb, ".2f"),
-                      fmt(r.training_seconds, ".1f"), r.error_class or "", r.description)
-    console.print(table)
+        rows.append((str(r.id), r.short or "-", r.status, fmt(r.val_bpb), fmt(delta_of(r), "+.6f", none=""),
+                     fmt(r.test_bpb), fmt(r.memory_gb, ".2f"), fmt(r.training_seconds, ".1f"), r.error_class or "",
+                     r.description))
+    others = sum(max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(COLUMNS[:-1]))
+    gaps = 3 * len(COLUMNS) + 2 if tty else 2 * (len(COLUMNS) - 1)   # padding (and the box on a terminal)
+    room = max(12, console.width - others - gaps)   # what is left for the description
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col in RIGHT else "left", no_wrap=True,
+                         overflow="ellipsis", max_width=room if col == "description" else None)
+    for row in rows:
+        style = STATUS_STYLE.get(row[2], "")
+        table.add_row(*row[:2], f"[{style}]{row[2]}[/]" if style else row[2], *row[3:])
+    console.print(table, soft_wrap=False)   # one line per row: the description is cut, not wrapped
+
+
+def _columns() -> int:
+    """The width for output that is not a terminal: $COLUMNS when set, else wide enough for anything."""
+    try:
+        return max(40, int(os.environ.get("COLUMNS", "")))
+    except ValueError:
+        return 4096
