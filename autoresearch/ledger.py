@@ -222,26 +222,27 @@ class Ledger:
 
     def insert(self, exp: Experiment) -> Experiment:
         values = {k: v for k, v in vars(exp).items() if k != "id"}
-        try:
-            cur = self.db.execute(
-                f"INSERT INTO experiments ({_names(values)}) VALUES ({', '.join('?' * len(values))})",
-                list(values.values()),
-            )
-        except sqlite3.OperationalError as e:
-            raise LedgerError(f"cannot write the ledger {self.path}: {e}") from None
-        exp.id = cur.lastrowid
+        exp.id = self._insert("experiments", values)
         return exp
 
     def update(self, exp: Experiment) -> None:
         values = {k: v for k, v in vars(exp).items() if k != "id"}
+        self._update("experiments", values, exp.id)
+        self.write_tsv()
+
+    def _insert(self, table: str, values: dict) -> int:
         try:
-            self.db.execute(
-                f"UPDATE experiments SET {_names(values, ' = ?')} WHERE id = ?",
-                [*values.values(), exp.id],
-            )
+            cur = self.db.execute(f"INSERT INTO {table} ({_names(values)}) VALUES ({', '.join('?' * len(values))})",
+                                  list(values.values()))
         except sqlite3.OperationalError as e:
             raise LedgerError(f"cannot write the ledger {self.path}: {e}") from None
-        self.write_tsv()
+        return cur.lastrowid
+
+    def _update(self, table: str, values: dict, row_id: int) -> None:
+        try:
+            self.db.execute(f"UPDATE {table} SET {_names(values, ' = ?')} WHERE id = ?", [*values.values(), row_id])
+        except sqlite3.OperationalError as e:
+            raise LedgerError(f"cannot write the ledger {self.path}: {e}") from None
 
     def get(self, exp_id: int) -> Experiment | None:
         row = self.db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
@@ -268,18 +269,11 @@ class Ledger:
     # -- proposal attempts ------------------------------------------------------------------------
 
     def add_attempt(self, attempt: Attempt) -> Attempt:
-        values = {k: v for k, v in vars(attempt).items() if k != "id"}
-        try:
-            cur = self.db.execute(f"INSERT INTO proposals ({_names(values)}) VALUES ({', '.join('?' * len(values))})",
-                                  list(values.values()))
-        except sqlite3.OperationalError as e:
-            raise LedgerError(f"cannot write the ledger {self.path}: {e}") from None
-        attempt.id = cur.lastrowid
+        attempt.id = self._insert("proposals", {k: v for k, v in vars(attempt).items() if k != "id"})
         return attempt
 
     def update_attempt(self, attempt: Attempt) -> None:
-        values = {k: v for k, v in vars(attempt).items() if k != "id"}
-        self.db.execute(f"UPDATE proposals SET {_names(values, ' = ?')} WHERE id = ?", [*values.values(), attempt.id])
+        self._update("proposals", {k: v for k, v in vars(attempt).items() if k != "id"}, attempt.id)
 
     def attempts(self, branch: str | None = None) -> list[Attempt]:
         """Every proposal attempt (of `branch`), oldest first; none in a read-only ledger older than the table."""

@@ -90,13 +90,26 @@ def git(root, *args) -> str:
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def rows(root: Path) -> list[dict]:
-    """Every experiment row of a workspace's ledger, as dicts, oldest first."""
+def table(root: Path, name: str) -> list[dict]:
+    """Every row of one table of a workspace's ledger, as dicts, oldest first."""
     db = sqlite3.connect(root / ".autoresearch" / "ledger.sqlite")
     db.row_factory = sqlite3.Row
-    out = [dict(r) for r in db.execute("SELECT * FROM experiments ORDER BY id")]
+    out = [dict(r) for r in db.execute(f"SELECT * FROM {name} ORDER BY id")]
     db.close()
     return out
+
+
+def rows(root: Path) -> list[dict]:
+    """Every experiment row of a workspace's ledger, as dicts, oldest first."""
+    return table(root, "experiments")
+
+
+def agent_context(root: Path, history: str = ""):
+    """What an agent is given in the workspace `root`: its program.md and train.py as they are now."""
+    from autoresearch.agents import Context
+
+    return Context(workspace=root, program=(root / "program.md").read_text(), train_py=(root / "train.py").read_text(),
+                   history=history, budget_seconds=60.0)
 
 
 def new_lab(root: Path, budget: float = 4, tag: str = "t") -> Path:

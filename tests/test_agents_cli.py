@@ -30,6 +30,7 @@ from autoresearch.agents.claude_code import ClaudeCodeAgent, parse_result, refus
 from autoresearch.agents.cli_tools import description_from
 from autoresearch.agents.codex_cli import CodexAgent, filesystem_rules, parse_events
 from autoresearch.guard import out_of_scope
+from conftest import agent_context
 from autoresearch.git import git
 from autoresearch.workspace import init_workspace
 
@@ -81,8 +82,7 @@ def workspace(tmp_path) -> Path:
 
 
 def context(root: Path) -> Context:
-    return Context(workspace=root, program=(root / "program.md").read_text(), train_py=(root / "train.py").read_text(),
-                   history="#1 keep val_bpb 1.234567 :: baseline", budget_seconds=60.0)
+    return agent_context(root, history="#1 keep val_bpb 1.234567 :: baseline")
 
 
 def lr_line(root: Path) -> str:

@@ -24,7 +24,7 @@ from autoresearch.git import git
 from autoresearch.harness.profiles import get_profile
 from autoresearch.ledger import Experiment
 from autoresearch.workspace import init_workspace, render_train_py
-from conftest import run_cli
+from conftest import agent_context, run_cli
 
 TEMPLATE_CONSTANTS = {
     "ASPECT_RATIO": 64, "HEAD_DIM": 128, "WINDOW_PATTERN": "SSSL", "TOTAL_BATCH_SIZE": 2**19, "EMBEDDING_LR": 0.6,
@@ -41,8 +41,7 @@ def workspace(tmp_path) -> Path:
 
 
 def context(root: Path) -> Context:
-    return Context(workspace=root, program=(root / "program.md").read_text(), train_py=(root / "train.py").read_text(),
-                   history="", budget_seconds=60.0)
+    return agent_context(root)
 
 
 def without(root: Path, line: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from autoresearch.git import current_branch, git
 from autoresearch.ledger import Experiment, Ledger
-from conftest import run_cli
+from conftest import run_cli, table
 
 NO_EDIT = "DESCRIPTION: think harder\nI have no edit this time."
 
@@ -94,11 +94,7 @@ def ready(workspace, monkeypatch):
 
 
 def attempts(root: Path) -> list[dict]:
-    db = sqlite3.connect(root / ".autoresearch" / "ledger.sqlite")
-    db.row_factory = sqlite3.Row
-    out = [dict(r) for r in db.execute("SELECT * FROM proposals ORDER BY id")]
-    db.close()
-    return out
+    return table(root, "proposals")
 
 
 def loop(root: Path, url: str, *extra: str):
