@@ -147,21 +147,34 @@ _clock.time = _types.SimpleNamespace(monotonic=lambda: _t_patch + (_real() - _t_
 ''')
 
 
-def train_before_clock(text: str) -> str:
-    """Train with a real learning rate before starting the clock, for as long as it is let."""
-    return _before(text, CLOCK, '''
-_t_cheat = time.time()
-for _g in optimizer.param_groups:
-    _g["lr"] = _g["initial_lr"]
-while time.time() - _t_cheat < 300:
+# A real optimizer step with the learning rates the loop would use at its start (the template's warm-up
+# leaves every learning rate at 0).
+STEP = '''
+    for _g in optimizer.param_groups:
+        _g["lr"] = _g["initial_lr"]
     with autocast_ctx:
         _loss = train_model(x, y)
     _loss.backward()
     optimizer.step()
     model.zero_grad(set_to_none=True)
     x, y, epoch = next(train_loader)
-print("CHEAT: trained 300 s before the clock")
+'''
+
+
+def train_before_clock_for(seconds: float):
+    """Train for `seconds` before start_clock() (the start-up window), then run the honest loop."""
+    def cheat(text: str) -> str:
+        return _before(text, CLOCK, f'''
+_t_cheat, _steps_cheat = time.time(), 0
+while time.time() - _t_cheat < {seconds}:{STEP}    _steps_cheat += 1
+print(f"CHEAT: trained {{time.time() - _t_cheat:.1f}} s ({{_steps_cheat}} steps) before the clock")
 ''')
+    cheat.__name__ = f"train_{seconds:g}s_before_clock"
+    return cheat
+
+
+train_before_clock = train_before_clock_for(300)   # for as long as it is let
+train_before_clock.__name__ = "train_before_clock"
 
 
 def train_after_submit(text: str) -> str:

@@ -8,38 +8,14 @@ they return says how long it trains where it should not.
 
 from __future__ import annotations
 
-from cheats import CLOCK, LOOP_END, _before, _replace
+from cheats import CLOCK, LOOP_END, _replace, train_before_clock_for  # noqa: F401 (the tests take it from here)
 
 PROGRESS = "    progress = clock.progress()\n"
-
-# A real optimizer step with the learning rates the loop would use at its start (the template's warm-up
-# leaves every learning rate at 0).
-_STEP = '''
-    for _g in optimizer.param_groups:
-        _g["lr"] = _g["initial_lr"]
-    with autocast_ctx:
-        _loss = train_model(x, y)
-    _loss.backward()
-    optimizer.step()
-    model.zero_grad(set_to_none=True)
-    x, y, epoch = next(train_loader)
-'''
 
 
 def _named(cheat, name: str):
     cheat.__name__ = name
     return cheat
-
-
-def train_before_clock_for(seconds: float):
-    """Train for `seconds` before start_clock() (the start-up window), then run the honest loop."""
-    def cheat(text: str) -> str:
-        return _before(text, CLOCK, f'''
-_t_cheat, _steps_cheat = time.time(), 0
-while time.time() - _t_cheat < {seconds}:{_STEP}    _steps_cheat += 1
-print(f"CHEAT: trained {{time.time() - _t_cheat:.1f}} s ({{_steps_cheat}} steps) before the clock")
-''')
-    return _named(cheat, f"train_{seconds:g}s_before_clock")
 
 
 def train_past_the_clock_for(seconds: float, mark_submitted: bool = False):
