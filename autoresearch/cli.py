@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -207,6 +208,54 @@ def loop(
                   f"runs/proposals/ for what the agent answered", highlight=False)
         raise typer.Exit(e.code)
     err.print(f"loop: {done} experiment(s) this session; `autoresearch status` for the ledger", highlight=False)
+
+
+@app.command()
+@clean_errors
+def swarm(
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Workers on this machine (default: "
+                                          "one per GPU, else one); with --ray, workers on the cluster."),
+    ray_address: Optional[str] = typer.Option(None, "--ray", help="Run the workers on a running Ray cluster: its "
+                                              "address (host:port), or `auto` for the one this machine joined."),
+    agent: str = typer.Option("optuna", "--agent", "-a", help="optuna (offline default), openai, anthropic, claude, codex."),
+    max_experiments: Optional[int] = typer.Option(None, help="Stop after this many experiments (default: never)."),
+    max_hours: Optional[float] = typer.Option(None, help="Stop after this many hours (default: never)."),
+    model: Optional[str] = typer.Option(None, help="Model name for the agent (else $AUTORESEARCH_MODEL or its default)."),
+    base_url: Optional[str] = typer.Option(None, help="Server URL for openai/anthropic (else their env vars)."),
+    rule: str = _rule_option(),
+    sandbox: Optional[str] = _sandbox_option(),
+    noise_runs: int = typer.Option(4, help=NOISE_RUNS_HELP),
+    verify: bool = typer.Option(False, "--verify", help="A win is run again by a second worker of the same "
+                                "platform before it is kept and others build on it."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Torch threads per worker on CPU (default: the cores "
+                                          "split evenly between the workers)."),
+    max_failures: int = typer.Option(10, min=1, help="A worker stops after this many failed proposals in a row."),
+    backoff: float = typer.Option(10.0, min=0.0, help="Seconds before a worker retries a failed proposal; doubled "
+                                  "after each failure in a row, up to 300."),
+    request_timeout: Optional[float] = typer.Option(None, min=1.0, help="Seconds one proposal may take."),
+):
+    """Many workers, one frontier: N workers (Ray actors) propose and train in folders of their own; this
+    process is the hub that claims, records and decides. Ctrl-C stops them all; run it again to resume.
+
+    Exit status: 0 a limit was reached or Ctrl-C; 1 the workspace is not ready or no worker could start;
+    2 the agent's requests are refused; 3 every worker stopped."""
+    from .loop import Limits
+    from .swarm.driver import Options, run_swarm
+    from .swarm.hub import SwarmFailed
+
+    opts = Options(workers=workers, agent=agent, model=model, base_url=base_url, rule=rule, sandbox=sandbox,
+                   noise_runs=noise_runs, verify=verify, ray=ray_address, max_failures=max_failures,
+                   backoff=backoff, request_timeout=request_timeout, threads=threads)
+
+    def say(line: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+
+    try:
+        done = run_swarm(_workspace_root(), opts, Limits(max_experiments, max_hours), say=say)
+    except SwarmFailed as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(e.code)
+    err.print(f"swarm: {done} experiment(s) this session; `autoresearch status` for the ledger", highlight=False)
 
 
 @app.command()

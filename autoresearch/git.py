@@ -10,8 +10,8 @@ class GitError(RuntimeError):
     pass
 
 
-def git(root: Path, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+def git(root: Path, *args: str, check: bool = True, input: str | None = None) -> str:
+    proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, input=input)
     if check and proc.returncode != 0:
         raise GitError(f"git {' '.join(args)} failed in {root}: {(proc.stderr or proc.stdout).strip()}")
     return proc.stdout.strip()
@@ -45,3 +45,29 @@ def ensure_identity(root: Path) -> None:
         git(root, "config", "user.email", "autoresearch@localhost")
     if not git(root, "config", "user.name", check=False):
         git(root, "config", "user.name", "autoresearch")
+
+
+def merge_text(base: str, ours: str, theirs: str) -> str | None:
+    """A three-way merge of one file's texts (git merge-file): the merged text, or None on a conflict."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="autoresearch-merge-") as tmp:
+        paths = []
+        for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
+            path = Path(tmp) / name
+            path.write_text(text)
+            paths.append(str(path))
+        proc = subprocess.run(["git", "merge-file", "-p", *paths], capture_output=True, text=True)
+    if proc.returncode != 0:  # >0: the number of conflicts; <0: an error
+        return None
+    return proc.stdout
+
+
+def commit_file(root: Path, parent: str, path: str, text: str, message: str) -> str:
+    """A commit whose tree is `parent`'s with `path` (top level) holding `text`, made without touching the
+    index, the working tree or any ref (the swarm's hub commits candidates this way)."""
+    blob = git(root, "hash-object", "-w", "--stdin", input=text)
+    entries = [e for e in git(root, "ls-tree", parent).splitlines() if e.split("\t", 1)[1] != path]
+    entries.append(f"100644 blob {blob}\t{path}")
+    tree = git(root, "mktree", input="\n".join(entries) + "\n")
+    return git(root, "-c", "gc.auto=0", "commit-tree", tree, "-p", parent, "-m", message or "(no description)")

@@ -335,6 +335,8 @@ def format_show(info: dict) -> str:
         seconds = f"    proposal {info['proposal_seconds']:.1f} s" if info["proposal_seconds"] is not None else ""
         out.append(f"agent        {info['agent']}    model {info['model'] or '-'}{tokens}    "
                    f"cost {cost_text(info['cost_usd'], info['cost_estimated'])}{seconds}")
+    if info.get("worker"):
+        out.append(f"worker       {info['worker']} on {info['host'] or '?'}    platform {info['platform'] or '-'}")
     proposal = info.get("proposal")
     if proposal and proposal["refused"]:
         out.append(f"refused      {proposal['refused']}")

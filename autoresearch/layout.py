@@ -8,6 +8,7 @@
     runs/proposals/NNNN.txt                  what the agent answered (or its error) for proposal attempt NNNN
     report/                                  `autoresearch report` (progress.png, report.html)
     .autoresearch/                           the harness's state: ledger, lock, journal, quarantine, ...
+    .autoresearch/swarm/NAME/                a swarm worker's own folder (git repo) while the swarm runs
     refs/autoresearch/discarded/NNNN         the commit of a discarded experiment (kept reachable)
     refs/autoresearch/saved/NNNN             uncommitted edits put aside when an experiment was reset
 
@@ -40,6 +41,7 @@ QUARANTINE = "quarantine"               # code the loop found hidden in an ignor
 OPTUNA_DB = "optuna.db"
 OPTUNA_PENDING = "optuna-pending.json"
 MLFLOW = "mlflow"
+SWARM = "swarm"                         # the swarm's worker folders (removed when the swarm stops)
 
 HIDING_PLACES = (RUNS, REPORT, STATE)   # ignored by git, so `git status` would not show code put there
 CODE_SUFFIXES = (".py", ".pyc", ".so", ".pth")
@@ -85,6 +87,11 @@ def noise_run(root: Path, stamp: str, k: int) -> tuple[Path, Path]:
 def state(root: Path, name: str = "") -> Path:
     """The harness's state folder, or a file or folder in it."""
     return Path(root) / STATE / name if name else Path(root) / STATE
+
+
+def worker_dir(root: Path, name: str) -> Path:
+    """A swarm worker's folder on the workspace's machine."""
+    return state(root, SWARM) / name
 
 
 def discarded_ref(exp_id: int) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from . import layout
 from .layout import RESULTS_TSV
 TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
-STATUSES = ("running", "keep", "discard", "crash", "timeout", "rejected", "invalid")
+STATUSES = ("running", "keep", "discard", "crash", "timeout", "rejected", "invalid", "stale")
 
 
 @dataclass
@@ -59,6 +59,10 @@ class Experiment:
     cost_usd: float | None = None
     cost_estimated: int | None = None     # 1: cost_usd is an estimate (e.g. Claude Code's list price)
     proposal_seconds: float | None = None
+    worker: str = ""            # the swarm worker that trained it ("" = a single-machine run)
+    host: str = ""
+    platform: str = ""          # what it was measured on (swarm: device, count, torch, budget)
+    diff_hash: str = ""         # the swarm's claim: a hash of the change against its parent
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
 
@@ -117,7 +121,11 @@ def _create(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
     db.execute("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER, "
                "branch TEXT, commit_sha TEXT, kind TEXT, seed INTEGER, val_bpb REAL, status TEXT, "
-               "error_class TEXT, log_path TEXT, finished_at REAL)")
+               "error_class TEXT, log_path TEXT, finished_at REAL, platform TEXT, worker TEXT)")
+    present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    for name in ("platform", "worker"):
+        if name not in present:  # a ledger from before the swarm
+            db.execute(f"ALTER TABLE runs ADD COLUMN {name} TEXT")
     db.execute("CREATE TABLE IF NOT EXISTS noise (id INTEGER PRIMARY KEY AUTOINCREMENT, branch TEXT, "
                "commit_sha TEXT, runs INTEGER, mean REAL, std REAL, values_json TEXT, measured_at REAL)")
 
@@ -289,12 +297,14 @@ class Ledger:
     # -- training runs and the noise floor ---------------------------------------------------------
 
     def add_run(self, branch: str, commit: str, kind: str, seed: int, val_bpb: float | None, status: str,
-                error_class: str = "", log_path: str = "", experiment_id: int | None = None) -> None:
-        """One training run of `commit`: kind experiment | confirm | noise; status ok, crash, ..."""
+                error_class: str = "", log_path: str = "", experiment_id: int | None = None,
+                platform: str | None = None, worker: str | None = None) -> None:
+        """One training run of `commit`: kind experiment | confirm | noise | frontier; status ok, crash, ...
+        `platform` and `worker` name where a swarm measured it (None: a single-machine run)."""
         self.db.execute("INSERT INTO runs (experiment_id, branch, commit_sha, kind, seed, val_bpb, status, "
-                        "error_class, log_path, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "error_class, log_path, finished_at, platform, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (experiment_id, branch, commit, kind, seed, val_bpb, status, error_class, log_path,
-                         time.time()))
+                         time.time(), platform, worker))
 
     def runs(self, branch: str) -> list[dict]:
         rows = self.db.execute("SELECT * FROM runs WHERE branch = ? ORDER BY id", (branch,)).fetchall()
@@ -310,10 +320,19 @@ class Ledger:
                                 "val_bpb IS NOT NULL AND status IN ('keep', 'discard')", (branch, commit)).fetchall()
         return [r[0] for r in older]  # a ledger from before runs were recorded one by one
 
-    def sample_groups(self, branch: str) -> list[list[float]]:
-        """Valid val_bpb per commit of `branch`: what the pooled noise floor is estimated from."""
+    def platform_samples(self, branch: str, commit: str, platform: str) -> list[float]:
+        """Every valid val_bpb of `commit` measured on `platform` (the swarm compares within one platform)."""
+        rows = self.db.execute("SELECT val_bpb FROM runs WHERE branch = ? AND commit_sha = ? AND status = 'ok' "
+                               "AND val_bpb IS NOT NULL AND platform = ? ORDER BY id", (branch, commit, platform))
+        return [r[0] for r in rows.fetchall()]
+
+    def sample_groups(self, branch: str, platform: str | None = None) -> list[list[float]]:
+        """Valid val_bpb per commit of `branch` (measured on `platform`, when given): what the pooled noise
+        floor is estimated from."""
         groups: dict[str, list[float]] = {}
         for r in self.runs(branch):
+            if platform is not None and r.get("platform") != platform:
+                continue
             if r["status"] == "ok" and r["val_bpb"] is not None:
                 groups.setdefault(r["commit_sha"], []).append(r["val_bpb"])
         return list(groups.values())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -113,6 +114,19 @@ def unpark(root: Path) -> str | None:
     return "put back the candidate train.py set aside while the noise floor was measured"
 
 
+def remove_worker_folders(root: Path) -> str | None:
+    """The folders of a swarm that was killed (run under the workspace lock: no swarm is running), with any
+    process still working in them."""
+    folder = layout.state(root, layout.SWARM)
+    if not folder.is_dir():
+        return None
+    names = sorted(p.name for p in folder.iterdir())
+    for name in names:
+        procs.kill_owned(layout.worker_dir(root, name))
+    shutil.rmtree(folder, ignore_errors=True)
+    return f"removed the folders of {len(names)} swarm worker(s) left by an interrupted swarm"
+
+
 def _clear_stale_git_lock(root: Path) -> str | None:
     lock = root / ".git" / "index.lock"
     if lock.exists():
@@ -130,6 +144,8 @@ def recover(root: Path, ledger: Ledger, reason: str = "the harness process died"
     if killed := procs.kill_owned(root, pgids):
         messages.append(f"killed {killed} leftover process(es) of the interrupted run")
     if (note := unpark(root)) is not None:
+        messages.append(note)
+    if (note := remove_worker_folders(root)) is not None:
         messages.append(note)
     if state is None:
         for exp in ledger.running():  # a row whose journal was never written

@@ -18,7 +18,7 @@ from .history import History, delta_of, fmt, glance, spending, spending_line
 COLUMNS = ("id", "commit", "status", "val_bpb", "delta", "test_bpb", "mem GB", "train s", "class", "description")
 RIGHT = {"id", "val_bpb", "delta", "test_bpb", "mem GB", "train s"}
 STATUS_STYLE = {"keep": "green", "discard": "bright_black", "crash": "red", "timeout": "yellow",
-                "rejected": "magenta", "running": "cyan", "invalid": "bold red"}
+                "rejected": "magenta", "running": "cyan", "invalid": "bold red", "stale": "yellow"}
 
 
 def print_status(h: History, last: int = 15) -> None:
@@ -41,15 +41,20 @@ def print_status(h: History, last: int = 15) -> None:
                       f"{line['frontier_test_bpb']:.6f}): the branch may be fitting the validation set",
                       highlight=False)
     table = Table(box=box.SIMPLE_HEAD if sys.stdout.isatty() else None, pad_edge=False)
+    shown = s["rows"][-last:]
+    swarm = any(r.worker for r in shown)   # a swarm's rows say which worker ran them
+    columns = COLUMNS[:-1] + ("worker",) + COLUMNS[-1:] if swarm else COLUMNS
     rows = []
-    for r in s["rows"][-last:]:
+    for r in shown:
         rows.append((str(r.id), r.short or "-", r.status, fmt(r.val_bpb), fmt(delta_of(r), "+.6f", none=""),
                      fmt(r.test_bpb), fmt(r.memory_gb, ".2f"), fmt(r.training_seconds, ".1f"), r.error_class or "",
-                     r.description))
-    others = sum(max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(COLUMNS[:-1]))
-    gaps = 3 * len(COLUMNS) + 2 if tty else 2 * (len(COLUMNS) - 1)   # padding (and the box on a terminal)
+                     *((r.worker or "-",) if swarm else ()), r.description))
+    if swarm and (platforms := sorted({r.platform for r in shown if r.platform})):
+        console.print("platforms: " + "; ".join(platforms), highlight=False)
+    others = sum(max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(columns[:-1]))
+    gaps = 3 * len(columns) + 2 if tty else 2 * (len(columns) - 1)   # padding (and the box on a terminal)
     room = max(12, console.width - others - gaps)   # what is left for the description
-    for col in COLUMNS:
+    for col in columns:
         table.add_column(col, justify="right" if col in RIGHT else "left", no_wrap=True,
                          overflow="ellipsis", max_width=room if col == "description" else None)
     for row in rows:

@@ -14,13 +14,14 @@ PACKAGE = Path(autoresearch.__file__).parent
 # Highest first. A module may import from its own layer (without a circle) or from any layer below.
 LAYERS = [
     ["cli"],
+    ["swarm"],
     ["loop", "status", "report", "plot", "mlflow_export"],
     ["history"],
     ["experiment", "noise"],
     ["agents"],
     ["trial", "guard", "recovery"],
     ["ledger", "workspace", "sandbox", "tripwire"],
-    ["layout", "git", "procs", "selection", "logs"],
+    ["layout", "git", "procs", "selection", "logs", "hardware"],
     ["harness", "template", "__init__"],
 ]
 
