@@ -6,6 +6,7 @@ no backend imports another (what several share: `base.py`, `http.py`, `edits.py`
     anthropic  the Anthropic Messages API
     claude     Claude Code CLI, headless, allowed to edit train.py only
     codex      Codex CLI (`codex exec`), in the workspace
+    module:Class   your own backend: any importable class with the interface of `base.Agent`
 """
 
 from __future__ import annotations
@@ -28,13 +29,15 @@ REGISTRY = {
 def create(name: str, workspace: Path, model: str | None = None, base_url: str | None = None, **options) -> Agent:
     """Instantiate backend `name` for `workspace`; unknown names are a clear error. `options` (timeout,
     retries) go to the backends that take them; a backend without a request (optuna) ignores them."""
-    if name not in REGISTRY:
-        raise ValueError(f"unknown agent {name!r} (known: {', '.join(REGISTRY)})")
-    module, cls = REGISTRY[name].split(":")
+    if name not in REGISTRY and ":" not in name:
+        raise ValueError(f"unknown agent {name!r} (known: {', '.join(REGISTRY)}; or your own as module:Class)")
+    module, cls = REGISTRY.get(name, name).split(":")
     try:
         factory = getattr(importlib.import_module(module), cls)
     except ImportError as e:
         raise AgentUnavailable(f"agent {name!r} needs a package that is not installed: {e}") from None
+    except AttributeError:
+        raise AgentUnavailable(f"agent {name!r}: module {module} has no {cls}") from None
     accepted = inspect.signature(factory).parameters
     given = {k: v for k, v in options.items() if v is not None and k in accepted}
     return factory(workspace=Path(workspace), model=model, base_url=base_url, **given)
