@@ -1,0 +1,141 @@
+"""`autoresearch swarm` for real: workers as Ray actors training on CPU for a few seconds, a scripted agent
+per worker (tests/swarm_agent.py), the commands as the README shows them with a short budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import git, new_lab, rows, run_cli, table
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).parent
+AGENT = "swarm_agent:Scripted"
+A = ["MATRIX_LR = 0.0004", "MATRIX_LR = 0.04"]
+B = ["EMBEDDING_LR = 0.006", "EMBEDDING_LR = 0.6"]
+
+
+@pytest.fixture
+def lab(cache_dir, tmp_path):
+    """A workspace whose committed train.py learns badly (two learning rates cut 100x): each fix is a
+    clear win, so which results are kept does not depend on noise."""
+    root = new_lab(tmp_path / "lab", budget=3)
+    train = root / "train.py"
+    train.write_text(train.read_text().replace(A[1], A[0]).replace(B[1], B[0]))
+    git(root, "commit", "-qam", "learning rates cut 100x")
+    return root
+
+
+def script(root: Path, steps: dict) -> dict:
+    path = root.parent / "script.json"
+    path.write_text(json.dumps(steps))
+    return {"SWARM_SCRIPT": str(path), "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+
+
+def swarm_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "autoresearch.cli", "swarm", "--agent", AGENT, "--rule", "strict",
+            "--backoff", "1000", *args]
+
+
+def leftovers(root: Path) -> list[str]:
+    """Processes that still work for this workspace (its path in their command line or environment)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            text = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(root).encode() in text:
+            found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:120]!r}")
+    return found
+
+
+def assert_clean(root: Path) -> None:
+    assert not (root / ".autoresearch" / "swarm").exists()
+    deadline = time.time() + 20
+    while leftovers(root) and time.time() < deadline:
+        time.sleep(0.5)
+    assert leftovers(root) == []
+    assert not [r for r in rows(root) if r["status"] == "running"]
+    keeps = [r for r in rows(root) if r["status"] == "keep"]
+    assert git(root, "rev-parse", "HEAD") == keeps[-1]["commit"]
+    assert [k["parent"] for k in keeps[1:]] == [k["commit"] for k in keeps[:-1]]   # never from a stale parent
+
+
+def test_two_workers_share_one_frontier_a_duplicate_is_skipped_and_a_stale_win_is_rerun(lab):
+    env = script(lab, {"w2": [{"replace": A, "description": "fix matrix lr"}],
+                       "w1": [{"replace": A, "description": "fix matrix lr (again)"},
+                              {"replace": B, "description": "fix embedding lr"}]})
+    done = subprocess.run(swarm_cmd("--workers", "2", "--max-experiments", "4"), cwd=lab, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    by_desc = {r["description"]: r for r in rows(lab)}
+    base, a = by_desc["baseline"], by_desc["fix matrix lr"]
+    assert base["status"] == "keep" and a["status"] == "keep" and a["parent"] == base["commit"]
+    stale = [r for r in rows(lab) if r["description"] == "fix embedding lr"]
+    assert [r["status"] for r in stale][0] == "stale", done.stdout
+    assert "re-applied" in stale[0]["reason"] and stale[0]["parent"] == base["commit"]
+    assert stale[1]["parent"] == a["commit"] and stale[1]["status"] in ("keep", "discard")
+    assert [t["outcome"] for t in table(lab, "proposals")].count("duplicate") == 1
+    assert {r["worker"] for r in rows(lab)} == {"w1", "w2"}
+    assert all(r["platform"] and r["worker"] for r in table(lab, "runs"))
+    assert base["test_bpb"] is not None and a["test_bpb"] is not None
+    assert_clean(lab)
+    seen = [json.loads(line) for line in (lab.parent / "observed-w1.jsonl").read_text().splitlines()]
+    assert {"fix matrix lr", "baseline"} <= {s["description"] for s in seen}   # w1's agent heard of w2's win
+    status = run_cli("status", cwd=lab)
+    assert status.returncode == 0 and "worker" in status.stdout and "stale" in status.stdout
+    show = run_cli("show", str(stale[0]["id"]), cwd=lab)
+    assert "worker       w1" in show.stdout and "platform cpu:" in show.stdout
+
+
+def _worker_of(root: Path, name: str) -> int | None:
+    """The pid of the Ray actor process of worker `name`: the nearest ray:: ancestor of its train.py."""
+    folder = str(root / ".autoresearch" / "swarm" / name).encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"train.py" in (entry / "cmdline").read_bytes() \
+                    and folder in (entry / "environ").read_bytes():
+                pid = int(entry.name)
+                while pid > 1:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    if cmd.startswith(b"ray::"):
+                        return pid
+                    pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def test_a_killed_worker_loses_its_claim_once_and_the_others_go_on(lab):
+    env = script(lab, {"w2": [{"replace": A, "description": "dies with its worker"}],
+                       "w1": [{"replace": B, "description": "fix embedding lr"},
+                              {"replace": A, "description": "fix matrix lr"}]})
+    proc = subprocess.Popen(swarm_cmd("--workers", "2", "--max-experiments", "4"), cwd=lab,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, pid = time.time() + 300, None
+        while pid is None and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            pid = _worker_of(lab, "w2")
+        assert pid is not None, "w2 never trained"
+        os.kill(pid, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    lost = [r for r in rows(lab) if r["description"] == "dies with its worker"]
+    assert [(r["status"], r["error_class"]) for r in lost] == [("crash", "lost")], out
+    assert {r["description"] for r in rows(lab) if r["worker"] == "w1"} >= {"fix embedding lr", "fix matrix lr"}
+    assert "w2 is gone" in out
+    assert_clean(lab)
