@@ -1,5 +1,7 @@
 """`autoresearch swarm` for real: workers as Ray actors training on CPU for a few seconds, a scripted agent
-per worker (tests/swarm_agent.py), the commands as the README shows them with a short budget."""
+per worker (tests/swarm_agent.py), the commands as the README shows them with a short budget. The first
+test runs on a Ray cluster started as a user would (`ray start --head`, then `swarm --ray ADDRESS`); the
+others on the Ray instance `swarm --workers N` starts itself."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -72,12 +76,33 @@ def assert_clean(root: Path) -> None:
     assert [k["parent"] for k in keeps[1:]] == [k["commit"] for k in keeps[:-1]]   # never from a stale parent
 
 
-def test_two_workers_share_one_frontier_a_duplicate_is_skipped_and_a_stale_win_is_rerun(lab):
-    env = script(lab, {"w2": [{"replace": A, "description": "fix matrix lr"}],
-                       "w1": [{"replace": A, "description": "fix matrix lr (again)"},
-                              {"replace": B, "description": "fix embedding lr"}]})
-    done = subprocess.run(swarm_cmd("--workers", "2", "--max-experiments", "4"), cwd=lab, env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=600)
+@contextmanager
+def ray_cluster(env: dict):
+    """`ray start --head` on this machine, as a user starts a cluster's head node; its address."""
+    import ray as ray_api
+
+    ray = str(Path(sys.executable).with_name("ray"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", "2", "--include-dashboard",
+                            "false", "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        yield f"{ray_api.util.get_node_ip_address()}:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_two_workers_on_a_ray_cluster_share_one_frontier_skip_a_duplicate_and_rerun_a_stale_win(lab):
+    short = tempfile.mkdtemp(prefix="ray-", dir="/tmp")   # Ray's socket paths must stay under 108 bytes
+    env = {**os.environ, **script(lab, {"w2": [{"replace": A, "description": "fix matrix lr"}],
+                                        "w1": [{"replace": A, "description": "fix matrix lr (again)"},
+                                               {"replace": B, "description": "fix embedding lr"}]}),
+           "RAY_TMPDIR": short, "RAY_AUTH_MODE": "token"}   # Ray's token authentication, as the README says
+    with ray_cluster(env) as address:
+        done = subprocess.run(swarm_cmd("--ray", address, "--workers", "2", "--max-experiments", "4"), cwd=lab,
+                              env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     by_desc = {r["description"]: r for r in rows(lab)}
     base, a = by_desc["baseline"], by_desc["fix matrix lr"]
@@ -138,4 +163,29 @@ def test_a_killed_worker_loses_its_claim_once_and_the_others_go_on(lab):
     assert [(r["status"], r["error_class"]) for r in lost] == [("crash", "lost")], out
     assert {r["description"] for r in rows(lab) if r["worker"] == "w1"} >= {"fix embedding lr", "fix matrix lr"}
     assert "w2 is gone" in out
+    assert_clean(lab)
+
+
+def test_a_killed_hub_is_recovered_by_the_next_swarm_with_no_row_lost_or_doubled(lab):
+    env = {**os.environ, **script(lab, {"w1": [{"replace": B, "description": "fix embedding lr"}],
+                                        "w2": [{"replace": A, "description": "killed with the hub"}]})}
+    proc = subprocess.Popen(swarm_cmd("--workers", "2"), cwd=lab, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while _worker_of(lab, "w2") is None and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert _worker_of(lab, "w2") is not None, "w2 never trained"
+        proc.kill()                                  # SIGKILL: the hub has no chance to clean up
+        proc.wait()
+    finally:
+        proc.kill()
+    assert [r["status"] for r in rows(lab) if r["description"] == "killed with the hub"] == ["running"]
+    again = subprocess.run(swarm_cmd("--workers", "1", "--max-experiments", "1"), cwd=lab, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "recover:" in again.stderr and "interrupted" in again.stderr
+    killed = [r for r in rows(lab) if r["description"] == "killed with the hub"]
+    assert [(r["status"], r["error_class"]) for r in killed] == [("crash", "interrupted")]
+    assert len({r["id"] for r in rows(lab)}) == len(rows(lab))
     assert_clean(lab)

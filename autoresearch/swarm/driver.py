@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .. import layout, selection
+from .. import layout, procs, selection
 from ..git import git
 from ..guard import out_of_scope, session
 from ..harness.settings import Settings
@@ -62,11 +62,14 @@ def _gpus() -> int:
         return 0
 
 
-def _start_ray(opts: Options, n_local: int):
+def _start_ray(opts: Options, root: Path):
     import ray
 
     if ray.is_initialized():
         return ray, False
+    # Ray's own processes inherit this mark: if the hub is killed, the next session's recovery finds and
+    # stops any of them still running (procs.kill_owned)
+    os.environ[procs.OWNER_ENV] = str(root)
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR", configure_logging=False)
     if opts.ray:
         ray.init(address=opts.ray, **common)
@@ -144,7 +147,7 @@ class _Swarm:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        ray, owned = _start_ray(self.opts, self.opts.workers or 1)
+        ray, owned = _start_ray(self.opts, self.hub.root)
         try:
             self._launch(ray)
             self._loop(ray)
