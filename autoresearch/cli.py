@@ -251,7 +251,7 @@ def swarm(
         print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
     try:
-        done = run_swarm(_workspace_root(), opts, Limits(max_experiments, max_hours), say=say)
+        done, _ = run_swarm(_workspace_root(), opts, Limits(max_experiments, max_hours), say=say)
     except SwarmFailed as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(e.code)

@@ -62,7 +62,7 @@ def _gpus() -> int:
         return 0
 
 
-def _start_ray(opts: Options, root: Path):
+def _start_ray(opts: Options, root: Path, workers: int):
     import ray
 
     if ray.is_initialized():
@@ -74,7 +74,8 @@ def _start_ray(opts: Options, root: Path):
     if opts.ray:
         ray.init(address=opts.ray, **common)
         return ray, True
-    ray.init(num_cpus=os.cpu_count() or 1, num_gpus=_gpus(), **common)
+    # as many CPUs as the workers asked for take (more workers than cores share them, as the user asked)
+    ray.init(num_cpus=max(os.cpu_count() or 1, workers), num_gpus=_gpus(), **common)
     return ray, True
 
 
@@ -87,8 +88,9 @@ def worker_spec(root: Path, settings: Settings, branch: str, opts: Options, name
             "request_timeout": opts.request_timeout, "sandbox": opts.sandbox, "threads": threads, "seed": index}
 
 
-def run_swarm(root: Path, opts: Options, limits: Limits, say=print) -> int:
-    """The swarm; returns the experiments finished this session. Raises SwarmFailed when it cannot go on."""
+def run_swarm(root: Path, opts: Options, limits: Limits, say=print, worker_class=Worker) -> tuple[int, Hub]:
+    """The swarm; returns the experiments finished this session and the hub. Raises SwarmFailed when it
+    cannot go on. `worker_class` stands in for Worker in bench/bench_swarm.py (the hub's own overhead)."""
     if opts.rule not in selection.RULES:
         raise WorkspaceError(f"unknown keep rule {opts.rule!r} (known: {', '.join(selection.RULES)})")
     settings = Settings.load(root)
@@ -99,12 +101,13 @@ def run_swarm(root: Path, opts: Options, limits: Limits, say=print) -> int:
                                  "works from the branch: commit (`autoresearch run`), move or remove them first")
         hub = Hub(s, opts.rule, opts.noise_runs, opts.verify, opts.max_failures, opts.backoff,
                   agent_name=opts.agent, say=say)
-        return _Swarm(hub, opts, limits, say).run()
+        return _Swarm(hub, opts, limits, say, worker_class).run(), hub
 
 
 class _Swarm:
-    def __init__(self, hub: Hub, opts: Options, limits: Limits, say):
+    def __init__(self, hub: Hub, opts: Options, limits: Limits, say, worker_class=Worker):
         self.hub, self.opts, self.limits, self.say = hub, opts, limits, say
+        self.worker_class = worker_class
         self.states: dict[str, WorkerState] = {}
         self.actors: dict = {}
         self.inflight: dict = {}     # ObjectRef -> (worker name, job)
@@ -119,7 +122,7 @@ class _Swarm:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         threads = opts.threads or (None if gpus else max(1, cpus // n))
         swarm_id = uuid.uuid4().hex[:8]
-        remote = ray.remote(Worker)
+        remote = ray.remote(self.worker_class)
         starting = {}
         for i in range(n):
             name = f"w{i + 1}"
@@ -147,7 +150,7 @@ class _Swarm:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        ray, owned = _start_ray(self.opts, self.hub.root)
+        ray, owned = _start_ray(self.opts, self.hub.root, self.opts.workers or max(1, _gpus()))
         try:
             self._launch(ray)
             self._loop(ray)
