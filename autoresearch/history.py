@@ -26,7 +26,7 @@ from .ledger import Attempt, Experiment, Ledger
 from .selection import pooled_noise
 from .logs import log_tail
 
-VALID = ("keep", "discard")          # statuses that carry a val_bpb
+VALID = ("keep", "discard", "stale")   # statuses that carry a val_bpb (stale: measured on an old parent)
 FAILED = ("crash", "timeout", "invalid")
 LABEL_CHARS = 45
 REPLY_LINES = 40                     # of the agent's reply, in `show`

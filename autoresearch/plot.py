@@ -25,6 +25,16 @@ DISCARD_COLOR = "#bbbbbb"
 ABOVE_COLOR = "#888888"
 BRANCH_COLORS = ("#2ecc71", "#3498db", "#e67e22", "#9b59b6", "#e74c3c", "#16a085", "#d4ac0d", "#34495e")
 BEST_COLOR_SINGLE = "#27ae60"
+WORKER_COLORS = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+
+
+def swarm_groups(rows: list[Experiment]) -> tuple[str, dict[int, str]]:
+    """For a swarm's rows: what points are coloured by ("worker", or "platform" when results came from
+    several) and each row's group; ("", {}) for single-machine rows."""
+    if not any(r.worker for r in rows):
+        return "", {}
+    by = "platform" if len({r.platform for r in rows if r.platform}) > 1 else "worker"
+    return by, {r.id: (getattr(r, by) or "-").split(" |")[0] for r in rows}
 
 
 @dataclass
@@ -121,6 +131,8 @@ def plot_progress(rows: list[Experiment], path: Path) -> Progress:
         title += f", {rejected} rejected"
     series = progress_series(finished)
     single = len(series) <= 1
+    by, group = swarm_groups(finished)
+    palette = {g: WORKER_COLORS[i % len(WORKER_COLORS)] for i, g in enumerate(sorted(set(group.values())))}
     ylim = _ylim(series)
 
     fig = Figure(figsize=FIG_INCHES, dpi=FIG_DPI)
@@ -132,7 +144,14 @@ def plot_progress(rows: list[Experiment], path: Path) -> Progress:
         best_color = BEST_COLOR_SINGLE if single else s.color
         above = s.above(ylim)
         inside = [p for p in s.discarded if p not in above]
-        if inside:
+        if inside and by:   # a swarm: each worker's (or platform's) discarded runs in its colour
+            for g, color in palette.items():
+                mine = [p for p in inside if group.get(p[2]) == g]
+                if mine:
+                    ax.scatter([p[0] for p in mine], [p[1] for p in mine], c=color, s=14, alpha=0.6, zorder=2,
+                               label=None if discard_labelled else f"discarded, {by} {g}")
+            discard_labelled = discard_labelled or not single
+        elif inside:
             ax.scatter([p[0] for p in inside], [p[1] for p in inside], c=DISCARD_COLOR, s=14,
                        alpha=0.7, zorder=2, label=None if discard_labelled else "discarded")
             discard_labelled = True
@@ -144,8 +163,10 @@ def plot_progress(rows: list[Experiment], path: Path) -> Progress:
                 ax.annotate(f"{y:.3f}", (x, edge), textcoords="offset points", xytext=(0, -6), fontsize=7,
                             color=ABOVE_COLOR, rotation=90, ha="center", va="top").set_in_layout(False)
         if s.kept:
+            edges = [palette[group[p[2]]] for p in s.kept] if by else "black"
             ax.scatter([p[0] for p in s.kept], [p[1] for p in s.kept], c=s.color, s=50, zorder=4,
-                       edgecolors="black", linewidths=0.5, label=f"{name}kept")
+                       edgecolors=edges, linewidths=1.8 if by else 0.5,
+                       label=f"{name}kept" + (f" (edge: its {by})" if by else ""))
             for (x, y, _), text in zip(s.kept, s.labels):
                 high = ylim is not None and (y - ylim[0]) > 0.8 * (ylim[1] - ylim[0])  # no room above: go below
                 note = ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, -6 if high else 6),

@@ -33,6 +33,7 @@ _COLUMNS = (  # key, header, numeric; a header ending in * is a figure reported 
     ("model", "model", False), ("cost_usd", "cost $", True), ("description", "description", False),
     ("started_at", "started", True),
 )
+_SWARM_COLUMNS = (("worker", "worker", False), ("platform", "platform", False))   # shown for a swarm's rows
 
 
 def _page_file(name: str) -> str:
@@ -124,8 +125,9 @@ def render_html(h: History, progress: Progress, png: bytes) -> str:
     if line["noise_std"] is not None:
         cards.append(f'<div id="noise">noise floor (std of one run)<b>{line["noise_std"]:.6f}</b>'
                      f'pooled over repeated runs, {line["noise_dof"]} degrees of freedom</div>')
-    heads = "".join(f'<th data-key="{k}"{" class=num" if num else ""}>{_e(name)}</th>' for k, name, num in _COLUMNS)
-    body = "\n".join(f'<tr class="{_e(r.status)}" data-id="{r.id}">' + "".join(_cell(k, r) for k, _, _ in _COLUMNS)
+    columns = _COLUMNS[:-2] + _SWARM_COLUMNS + _COLUMNS[-2:] if any(r.worker for r in rows) else _COLUMNS
+    heads = "".join(f'<th data-key="{k}"{" class=num" if num else ""}>{_e(name)}</th>' for k, name, num in columns)
+    body = "\n".join(f'<tr class="{_e(r.status)}" data-id="{r.id}">' + "".join(_cell(k, r) for k, _, _ in columns)
                      + "</tr>" for r in rows)
     kept_parts = []
     for r in (r for r in rows if r.status == "keep"):

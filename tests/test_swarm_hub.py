@@ -160,3 +160,28 @@ def test_a_lost_claim_is_recorded_once_and_verify_needs_a_second_worker(workspac
         hub.measured(w2, verify, sample(1.82, "w2"))
         kept = hub.frontier()
         assert kept.description == "B" and kept.samples == 2
+
+
+def test_report_and_plot_show_each_worker_and_platform(hub, tmp_path):
+    from autoresearch.history import reading
+    from autoresearch.plot import plot_progress, swarm_groups
+    from autoresearch.report import write_report
+
+    wa, wb = WorkerState("wa", "h", PA), WorkerState("wb", "g", PB)
+    baseline(hub, wa, 2.0)
+    job = take(hub, wb)
+    hub.measured(wb, job, sample(3.0, "wb"))
+    for w, old, new, val in ((wb, "MATRIX_LR = 0.04", "MATRIX_LR = 0.05", 3.2),
+                             (wa, "WARMDOWN_RATIO = 0.5", "WARMDOWN_RATIO = 0.4", 2.1)):
+        w.job = None
+        cand = propose(hub, w, old, new, f"by {w.name}")
+        hub.measured(w, cand, sample(val, w.name))
+    rows = hub.ledger.all(hub.branch)
+    drawn = plot_progress(rows, tmp_path / "progress.png")
+    assert "kept (edge: its platform)" in drawn.legend       # two platforms: points coloured by platform
+    by, group = swarm_groups(rows)
+    assert by == "platform" and set(group.values()) == {"cpu: A x1 threads", "cuda: B x1"}
+    with reading(hub.root) as h:
+        write_report(h, tmp_path / "report")
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert '<th data-key="worker">worker</th>' in page and PB in page
