@@ -236,7 +236,8 @@ class Ledger:
     def update(self, exp: Experiment) -> None:
         values = {k: v for k, v in vars(exp).items() if k != "id"}
         self._update("experiments", values, exp.id)
-        self.write_tsv()
+        if exp.status != "running":   # results.tsv lists finished experiments only
+            self.write_tsv()
 
     def _insert(self, table: str, values: dict) -> int:
         try:
@@ -265,6 +266,12 @@ class Ledger:
 
     def running(self) -> list[Experiment]:
         rows = self.db.execute("SELECT * FROM experiments WHERE status = 'running' ORDER BY id").fetchall()
+        return [_experiment(r) for r in rows]
+
+    def by_change(self, branch: str, diff_hash: str) -> list[Experiment]:
+        """The experiments of `branch` whose change hashes to `diff_hash` (the swarm's claims)."""
+        rows = self.db.execute("SELECT * FROM experiments WHERE branch = ? AND diff_hash = ? ORDER BY id",
+                               (branch, diff_hash)).fetchall()
         return [_experiment(r) for r in rows]
 
     def frontier(self, branch: str) -> Experiment | None:

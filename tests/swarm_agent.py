@@ -1,6 +1,6 @@
 """A scripted agent for swarm tests, usable in Ray worker processes: `--agent swarm_agent:Scripted` with
 this folder on PYTHONPATH. Its script is the JSON file $SWARM_SCRIPT: {"w1": [step, ...], "w2": [...]},
-one list per worker (the worker's folder is named after it). A step is {"replace": [old, new],
+one list per worker (the worker's folder is named after it); workers listed in "fail_start" refuse to start. A step is {"replace": [old, new],
 "description": ...}, optionally with "sleep" seconds before answering. When its list is used up, each
 request fails as a transient error (the test's --backoff keeps the worker waiting)."""
 
@@ -19,11 +19,16 @@ class Scripted:
 
     def __init__(self, workspace: Path, model=None, base_url=None, seed=None):
         self.root = Path(workspace)
-        self.steps = json.loads(Path(os.environ["SWARM_SCRIPT"]).read_text()).get(self.root.name, [])
+        script = json.loads(Path(os.environ["SWARM_SCRIPT"]).read_text())
+        self.steps = script.get(self.root.name, [])
+        self.refuse = self.root.name in script.get("fail_start", [])
         self.seen = Path(os.environ["SWARM_SCRIPT"]).with_name(f"observed-{self.root.name}.jsonl")
 
     def check(self) -> None:
-        pass
+        if self.refuse:
+            from autoresearch.agents import AgentUnavailable
+
+            raise AgentUnavailable(f"{self.root.name} was told not to start")
 
     def propose(self, context):
         if not self.steps:

@@ -181,10 +181,13 @@ def test_a_killed_hub_is_recovered_by_the_next_swarm_with_no_row_lost_or_doubled
     finally:
         proc.kill()
     assert [r["status"] for r in rows(lab) if r["description"] == "killed with the hub"] == ["running"]
-    again = subprocess.run(swarm_cmd("--workers", "1", "--max-experiments", "1"), cwd=lab, env=env,
+    script(lab, {"fail_start": ["w2"], "w1": [{"replace": A, "description": "after the restart"}]})
+    again = subprocess.run(swarm_cmd("--workers", "2", "--max-experiments", "1"), cwd=lab, env=env,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "recover:" in again.stderr and "interrupted" in again.stderr
+    assert "w2 cannot start: AgentUnavailable: w2 was told not to start" in again.stdout   # the others go on
+    assert [r["status"] for r in rows(lab) if r["description"] == "after the restart"] in (["keep"], ["discard"])
     killed = [r for r in rows(lab) if r["description"] == "killed with the hub"]
     assert [(r["status"], r["error_class"]) for r in killed] == [("crash", "interrupted")]
     assert len({r["id"] for r in rows(lab)}) == len(rows(lab))

@@ -185,3 +185,31 @@ def test_report_and_plot_show_each_worker_and_platform(hub, tmp_path):
         write_report(h, tmp_path / "report")
     page = (tmp_path / "report" / "report.html").read_text()
     assert '<th data-key="worker">worker</th>' in page and PB in page
+
+
+def test_a_worker_on_a_machine_without_the_prepared_data_says_so_at_start(workspace, tmp_path, monkeypatch):
+    from autoresearch.swarm.worker import Worker
+    from autoresearch.workspace import WorkspaceError
+
+    root = workspace.root
+    files = {name: (root / name).read_text() for name in ("autoresearch.toml", "program.md", "train.py")}
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "empty-cache"))   # another machine: nothing prepared
+    spec = {"name": "w1", "workspace": str(tmp_path / "elsewhere"), "host": "another-host", "swarm_id": "s1",
+            "branch": "autoresearch/test", "files": files, "agent": "optuna", "sandbox": "off", "seed": 1}
+    worker = Worker(spec)
+    with pytest.raises(WorkspaceError, match="no prepared data for profile 'cpu'"):
+        worker.start()
+    assert worker.root.is_relative_to(tmp_path / "empty-cache")   # not on the workspace's machine: the cache
+    worker.stop()
+    assert not worker.root.exists()
+
+
+def test_a_change_whose_run_was_lost_may_be_tried_again(hub):
+    w1 = WorkerState("w1", "h", PA)
+    baseline(hub, w1, 2.0)
+    job = propose(hub, w1, "MATRIX_LR = 0.04", "MATRIX_LR = 0.05", "A")
+    hub.lost(w1, job, "w1 died")
+    w1.job = None
+    again = propose(hub, w1, "MATRIX_LR = 0.04", "MATRIX_LR = 0.05", "A again")
+    assert again is not None and again["kind"] == "experiment"
+    assert hub.ledger.attempts(hub.branch)[-1].outcome == "proposed"

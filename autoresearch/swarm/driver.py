@@ -189,7 +189,10 @@ class _Swarm:
             if not self.inflight:
                 time.sleep(POLL)
                 continue
-            ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=POLL)
+            refs = list(self.inflight)
+            ready, rest = ray.wait(refs, num_returns=1, timeout=POLL)
+            if ready and rest:   # every other result that is in too, handled in one pass
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for ref in ready:
                 self._collect(ray, ref)
             now = time.monotonic()
@@ -245,10 +248,13 @@ class _Swarm:
     def _abandon(self, why: str) -> None:
         for name, job in self.inflight.values():
             self.hub.lost(self.states[name], job, why)
+            self.states[name].gone = self.states[name].gone or why   # busy: stopped without waiting
         self.inflight.clear()
 
     def _stop(self, ray, owned: bool) -> None:
-        stops = {name: actor.stop.remote() for name, actor in self.actors.items() if not self.states.get(name, WorkerState(name)).gone}
+        # idle workers remove their folders themselves; busy or gone ones are killed (folders removed below)
+        stops = {name: actor.stop.remote() for name, actor in self.actors.items()
+                 if not self.states.get(name, WorkerState(name)).gone}
         try:
             ray.wait(list(stops.values()), num_returns=len(stops), timeout=30)
         except Exception:  # noqa: BLE001 - a worker already gone

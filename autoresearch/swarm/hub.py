@@ -37,6 +37,7 @@ from ..logs import log_tail
 from ..loop import FIXABLE, history
 
 FAILED = ("crash", "timeout", "invalid")
+NOT_RESULTS = ("lost", "interrupted")   # a change whose run never ended may be tried again
 
 
 class SwarmFailed(RuntimeError):
@@ -103,6 +104,8 @@ class Hub:
         self.latencies: list[float] = []             # seconds from a result's arrival to its decision
         self.done = 0                                # experiments finished this session
         self.baseline_running = False
+        self._texts: dict[str, str] = {}             # train.py of each commit asked for (commits never change)
+        self._history: tuple[int, str] | None = None  # (experiments finished, the history text then)
         self.settle_branch()
 
     # -- the branch ------------------------------------------------------------------------------
@@ -125,7 +128,15 @@ class Hub:
         self.say(f"hub: the workspace moved to the frontier {front.short} (it was at {head[:7]})")
 
     def _text(self, commit: str) -> str:
-        return show_file(self.root, commit, layout.CANDIDATE).decode()
+        if commit not in self._texts:
+            self._texts[commit] = show_file(self.root, commit, layout.CANDIDATE).decode()
+        return self._texts[commit]
+
+    def history(self) -> str:
+        """The agents' history table, rebuilt only when an experiment has finished since."""
+        if self._history is None or self._history[0] != self.done:
+            self._history = (self.done, history(self.ledger, self.branch))
+        return self._history[1]
 
     # -- what a worker does next -----------------------------------------------------------------
 
@@ -152,7 +163,7 @@ class Hub:
             return {"method": "measure", "kind": "frontier", "commit": front.commit, "name": f"frontier-{front.short}",
                     "train_py": self._text(front.commit), "seed": seed, "platform": w.platform}
         job = {"method": "propose", "parent": front.commit, "train_py": self._text(front.commit),
-               "program": self.program, "history": history(self.ledger, self.branch), "failure": None}
+               "program": self.program, "history": self.history(), "failure": None}
         if w.fix is not None:
             job["failure"], w.fix = w.fix, None
         return job
@@ -262,10 +273,11 @@ class Hub:
         self.say(f"hub: {w.name}'s proposal failed ({result['kind']}): {result['error']}; retrying in {wait:g} s")
 
     def _duplicate(self, exp: Experiment) -> Experiment | None:
-        """An experiment with the same change that is running, or finished on the same parent."""
-        for other in self.ledger.all(self.branch):
-            if other.diff_hash == exp.diff_hash and (other.status == "running" or other.parent == exp.parent) \
-                    and other.status not in ("rejected",) and other.error_class != "lost":
+        """An experiment with the same change that is running, or finished on the same parent (a run that
+        was lost or interrupted did not finish: its change may be tried again)."""
+        for other in self.ledger.by_change(self.branch, exp.diff_hash):
+            if (other.status == "running" or other.parent == exp.parent) and other.status != "rejected" \
+                    and other.error_class not in NOT_RESULTS:
                 return other
         return None
 
