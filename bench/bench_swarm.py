@@ -1,7 +1,7 @@
 """The swarm hub's own overhead: experiments per hour with 1, 2, 4, ... N workers, against N x the rate of one.
 
-    python bench/bench_swarm.py                       # 1..64 workers, a 10 s stand-in budget, 60 s per point
-    python bench/bench_swarm.py --max-workers 8 --budget 5 --seconds 30
+    python bench/bench_swarm.py                       # 1..64 workers, a 10 s stand-in budget, 6 rounds per point
+    python bench/bench_swarm.py --max-workers 8 --budget 5 --rounds 4
 
 Each worker is a stand-in (a Ray actor with the Worker's interface) whose "training" sleeps for the budget
 and reports a value near the frontier's, so the figure is what the hub and Ray cost, not the CPU: the real
@@ -10,8 +10,10 @@ driver and a local Ray instance. Values are random around the frontier under the
 of the results are kept and the frontier moves often: the busiest case for the hub (stale candidates are
 re-applied, conflicts recorded).
 
-Printed per point: workers, experiments finished in the steady state, experiments/hour, the ideal
-(N x the one-worker rate), their ratio, and the hub's decision latency per result (median and max).
+Each point runs N x rounds experiments after the baseline (the time a run takes is the budget, so N
+perfect workers need rounds x budget seconds). Printed per point: workers, experiments finished after the
+baseline, experiments/hour from the baseline's end to the last result, the ideal (N x the one-worker rate),
+their ratio, and the hub's decision latency per result (median and max).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class StandIn:
         pass
 
 
-def point(workers: int, budget: float, seconds: float) -> dict:
+def point(workers: int, budget: float, rounds: int) -> dict:
     from autoresearch.ledger import Ledger
     from autoresearch.loop import Limits
     from autoresearch.swarm import driver
@@ -77,8 +79,8 @@ def point(workers: int, budget: float, seconds: float) -> dict:
     try:
         with temp_workspace(budget) as root:
             opts = driver.Options(workers=workers, rule="strict", sandbox="off")
-            _, hub = driver.run_swarm(root, opts, Limits(max_hours=seconds / 3600), say=lambda line: None,
-                                      worker_class=StandIn)
+            limits = Limits(max_experiments=1 + workers * rounds)
+            _, hub = driver.run_swarm(root, opts, limits, say=lambda line: None, worker_class=StandIn)
             rows = [r for r in Ledger(root, readonly=True).all() if r.finished_at]
     finally:
         driver.worker_spec = spec
@@ -96,16 +98,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--max-workers", type=int, default=64)
     ap.add_argument("--budget", type=float, default=10.0, help="seconds each stand-in run sleeps")
-    ap.add_argument("--seconds", type=float, default=60.0, help="how long each point proposes new experiments")
+    ap.add_argument("--rounds", type=int, default=6, help="experiments per worker at each point")
     args = ap.parse_args()
     print(machine_info())
-    print(f"stand-in budget {args.budget:g} s, {args.seconds:g} s of proposals per point")
+    print(f"stand-in budget {args.budget:g} s, {args.rounds} rounds per point")
     print(f"{'workers':>7} {'done':>6} {'kept':>5} {'stale':>6} {'exp/h':>9} {'ideal':>9} {'ratio':>6} "
           f"{'latency ms (median/max)':>24}")
     one = None
     n = 1
     while n <= args.max_workers:
-        r = point(n, args.budget, args.seconds)
+        r = point(n, args.budget, args.rounds)
         one = one or r["per_hour"]
         ideal = n * one
         print(f"{n:>7} {r['done']:>6} {r['kept']:>5} {r['stale']:>6} {r['per_hour']:>9.0f} {ideal:>9.0f} "
