@@ -56,7 +56,7 @@ class StandIn:
     def score_test(self, job: dict) -> dict:
         return {"test_bpb": 2.0}
 
-    def observe(self, row: dict) -> None:
+    def observe(self, rows: list[dict]) -> None:
         pass
 
     def stop(self) -> None:

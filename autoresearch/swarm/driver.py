@@ -238,9 +238,8 @@ class _Swarm:
         for st in self.states.values():
             if st.gone or st.job is not None or not st.pending_observe:
                 continue
-            for row in st.pending_observe:
-                row = row.copy() if isinstance(row, dict) else vars(row).copy()
-                self.actors[st.name].observe.remote(row)
+            # one call per worker with every row since its last (each call costs the hub, at any scale)
+            self.actors[st.name].observe.remote([dict(row) for row in st.pending_observe])
             st.pending_observe.clear()
 
     # -- stop ----------------------------------------------------------------------------------

@@ -153,9 +153,13 @@ class Worker:
             return {"error": "its model is no longer on the worker", "error_class": "missing"}
         return evaluate(self.session, found[-1], found[-1].parent, "test")
 
-    def observe(self, row: dict) -> None:
-        """Tell the agent an experiment's result. Another worker's waits while this worker's own proposal
-        is out, so an agent that pairs a proposal with the next result it is told pairs it right."""
+    def observe(self, rows: list[dict]) -> None:
+        """Tell the agent experiments' results, in order. Another worker's waits while this worker's own
+        proposal is out, so an agent that pairs a proposal with the next result it is told pairs it right."""
+        for row in rows:
+            self._observe(row)
+
+    def _observe(self, row: dict) -> None:
         if row.get("worker") != self.name and self.outstanding:
             self.others.append(row)
             return
