@@ -71,7 +71,7 @@ class Side:
         self.env = dict(os.environ, PYTHONPATH=str(self.package))
         self.root = tmp / f"{name}-workspace"
         subprocess.run([sys.executable, "-c", MAKE_WORKSPACE, str(self.root), str(budget)], env=self.env,
-                       check=True, capture_output=True)
+                       cwd=tmp, check=True, capture_output=True)  # not here: `-c` puts the working folder first
         self.baseline_lrs = {name: _constant(self.root / "train.py", name) for name in LRS}
         self.rows: list[dict] = []
 
