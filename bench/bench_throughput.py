@@ -8,7 +8,7 @@ Each side is the package as committed at its revision (`git archive` into a temp
 workspace of its own made by that package (`--budget` seconds of training). Both sides first run the same
 baseline (kept: its test split is scored too), then the same `--experiments` candidates, alternating sides
 (before, after; then after, before; ...) so that a change in the machine's load falls on both. Every
-candidate scales every learning rate down (x0.01, x0.011, ...): certainly worse than the baseline, so each
+candidate scales every learning rate down (x0.001, x0.0011, ...): certainly worse than the baseline, so each
 is discarded on both sides and the two sides do the same work. Each run is a real `autoresearch run -m ...
 --rule strict` subprocess, timed here; the phases come from that side's ledger:
 
@@ -146,7 +146,7 @@ def main() -> int:
             print(f"baseline  {side.name:6} {baselines[side.name]['status']:8} {baselines[side.name]['total']:6.1f} s",
                   flush=True)
         for i in range(args.experiments):
-            scale = 0.01 * (1 + i / 10)
+            scale = 0.001 * (1 + i / 10)
             for side in sides if i % 2 == 0 else reversed(sides):
                 row = side.run(f"every learning rate x{scale:g}", scale)
                 side.rows.append(row)
