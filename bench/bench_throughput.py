@@ -117,13 +117,17 @@ def phases(row: dict, wall: float) -> dict:
     out = {"start-up": get("startup_seconds"), "training": get("training_seconds"), "export": get("export_seconds"),
            "rest": max(0.0, train_wall - inside), "evaluation": evaluation, "test split": test,
            "harness": max(0.0, wall - train_wall - evaluation - test), "total": wall}
-    return out | {"status": row["status"], "val_bpb": row["val_bpb"], "steps": row["steps"]}
+    return out | {"status": row["status"], "val_bpb": row["val_bpb"], "steps": row["steps"], "load": os.getloadavg()[0]}
 
 
 def table(title: str, sides: list[Side], pick) -> list[str]:
-    lines = [title, f"{'phase (mean s)':16}" + "".join(f"{s.name + ' ' + s.commit:>20}" for s in sides)]
+    """Mean and median seconds per phase, one column pair per side."""
+    lines = [title, f"{'phase (s)':16}" + "".join(f"{s.name + ' ' + s.commit:>26}" for s in sides),
+             f"{'':16}" + "".join(f"{'mean':>13}{'median':>13}" for _ in sides)]
     for phase in PHASES:
-        lines.append(f"{phase:16}" + "".join(f"{statistics.fmean(r[phase] for r in pick(s)):20.2f}" for s in sides))
+        cells = [(statistics.fmean(r[phase] for r in pick(s)), statistics.median(r[phase] for r in pick(s)))
+                 for s in sides]
+        lines.append(f"{phase:16}" + "".join(f"{mean:13.2f}{median:13.2f}" for mean, median in cells))
     return lines
 
 
@@ -151,8 +155,8 @@ def main() -> int:
                 row = side.run(f"every learning rate x{scale:g}", scale)
                 side.rows.append(row)
                 print(f"candidate {i + 1} {side.name:6} {row['status']:8} {row['total']:6.1f} s  "
-                      f"(evaluation {row['evaluation']:.1f} s, harness {row['harness']:.1f} s, steps {row['steps']})",
-                      flush=True)
+                      f"(evaluation {row['evaluation']:.1f} s, harness {row['harness']:.1f} s, steps {row['steps']}, "
+                      f"load {row['load']:.2f})", flush=True)
         print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
         for line in table("baseline (kept: the test split is scored too)", sides, lambda s: [baselines[s.name]]):
             print(line)
@@ -162,6 +166,9 @@ def main() -> int:
         rates = {s.name: 3600 / statistics.fmean(r["total"] for r in s.rows) for s in sides}
         print(f"\nexperiments/hour (candidates): before {rates['before']:.1f}, after {rates['after']:.1f}, "
               f"ratio {rates['after'] / rates['before']:.3f}")
+        rates = {s.name: 3600 / statistics.median(r["total"] for r in s.rows) for s in sides}
+        print(f"experiments/hour (from the median candidate): before {rates['before']:.1f}, "
+              f"after {rates['after']:.1f}, ratio {rates['after'] / rates['before']:.3f}")
         not_training = {s.name: statistics.fmean(r["total"] - r["training"] for r in s.rows) for s in sides}
         print(f"not training per candidate: before {not_training['before']:.1f} s, after {not_training['after']:.1f} s")
         if any(r["status"] != "discard" for s in sides for r in s.rows):
