@@ -320,7 +320,8 @@ class Ledger:
     def samples(self, branch: str, commit: str) -> list[float]:
         """Every valid val_bpb measured for `commit` on `branch` (its own runs, confirmations, repeats)."""
         rows = self.db.execute("SELECT val_bpb FROM runs WHERE branch = ? AND commit_sha = ? AND status = 'ok' "
-                               "AND val_bpb IS NOT NULL ORDER BY id", (branch, commit)).fetchall()
+                               "AND val_bpb IS NOT NULL AND platform IS NULL ORDER BY id",   # not a swarm's
+                               (branch, commit)).fetchall()
         if rows:
             return [r[0] for r in rows]
         older = self.db.execute("SELECT val_bpb FROM experiments WHERE branch = ? AND \"commit\" = ? AND "
@@ -334,14 +335,14 @@ class Ledger:
         return [r[0] for r in rows.fetchall()]
 
     def sample_groups(self, branch: str, platform: str | None = None) -> list[list[float]]:
-        """Valid val_bpb per commit of `branch` (measured on `platform`, when given): what the pooled noise
-        floor is estimated from."""
-        groups: dict[str, list[float]] = {}
+        """Valid val_bpb per commit and platform of `branch` (only `platform`'s, when given): what the pooled
+        noise floor is estimated from (runs of one commit on two platforms are two groups, never one)."""
+        groups: dict[tuple, list[float]] = {}
         for r in self.runs(branch):
             if platform is not None and r.get("platform") != platform:
                 continue
             if r["status"] == "ok" and r["val_bpb"] is not None:
-                groups.setdefault(r["commit_sha"], []).append(r["val_bpb"])
+                groups.setdefault((r["commit_sha"], r.get("platform")), []).append(r["val_bpb"])
         return list(groups.values())
 
     def add_noise(self, branch: str, commit: str, values: list[float], mean: float, std: float) -> None:

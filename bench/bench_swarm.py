@@ -97,6 +97,7 @@ def point(workers: int, budget: float, rounds: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--max-workers", type=int, default=64)
+    ap.add_argument("--workers", help="only these worker counts, e.g. 1,64 (the first is the reference rate)")
     ap.add_argument("--budget", type=float, default=10.0, help="seconds each stand-in run sleeps")
     ap.add_argument("--rounds", type=int, default=6, help="experiments per worker at each point")
     args = ap.parse_args()
@@ -105,14 +106,14 @@ def main() -> None:
     print(f"{'workers':>7} {'done':>6} {'kept':>5} {'stale':>6} {'exp/h':>9} {'ideal':>9} {'ratio':>6} "
           f"{'latency ms (median/max)':>24}")
     one = None
-    n = 1
-    while n <= args.max_workers:
+    counts = [int(x) for x in args.workers.split(",")] if args.workers else \
+        [2 ** k for k in range(args.max_workers.bit_length()) if 2 ** k <= args.max_workers]
+    for n in counts:
         r = point(n, args.budget, args.rounds)
         one = one or r["per_hour"]
         ideal = n * one
         print(f"{n:>7} {r['done']:>6} {r['kept']:>5} {r['stale']:>6} {r['per_hour']:>9.0f} {ideal:>9.0f} "
               f"{r['per_hour'] / ideal:>6.2f} {r['latency_ms']:>12.1f} / {r['latency_max_ms']:.1f}", flush=True)
-        n *= 2
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import layout, procs, selection
 from ..git import git
 from ..guard import out_of_scope, session
 from ..harness.settings import Settings
-from ..ledger import Experiment
 from ..loop import Limits
 from ..recovery import remove_worker_folders
 from ..workspace import WorkspaceError

@@ -26,17 +26,14 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .. import agents, layout, selection
 from ..git import commit_file, git, merge_text, show_file
 from ..guard import Session
 from ..harness.protocol import DEFAULT_SEED
 from ..ledger import Attempt, Experiment
-from ..logs import log_tail
 from ..loop import FIXABLE, history
 
-FAILED = ("crash", "timeout", "invalid")
 NOT_RESULTS = ("lost", "interrupted")   # a change whose run never ended may be tried again
 
 
@@ -85,7 +82,6 @@ class Candidate:
     last_run: tuple = ("", "")       # (worker, run name) of its last measured run: where its model is
     waiting: bool = False            # its result is in; it waits for its parent to be measured on its platform
     arrived: float = 0.0             # when the result that it waits with arrived (decision latency)
-    verify: bool = False             # waiting for a run on a second worker (--verify)
 
 
 class Hub:
@@ -172,9 +168,14 @@ class Hub:
         """How many more runs of the frontier `platform` needs before its candidates can be decided."""
         have = len(self.ledger.platform_samples(self.branch, commit, platform))
         want = 1
-        if self.rule == "noise" and selection.pooled_noise(self.ledger.sample_groups(self.branch, platform)) is None:
+        if self.rule == "noise" and not self._floor(platform):
             want = 1 + self.noise_runs   # no noise floor on this platform yet: repeats of the frontier
         return want - have - self.frontier_jobs[(platform, commit)]
+
+    def _floor(self, platform: str) -> selection.NoiseFloor | None:
+        """The platform's noise floor once it rests on as many repeats as `autoresearch noise` takes."""
+        floor = selection.pooled_noise(self.ledger.sample_groups(self.branch, platform))
+        return floor if floor is not None and floor.dof >= self.noise_runs else None
 
     def _baseline(self, w: WorkerState) -> dict:
         head = git(self.root, "rev-parse", "HEAD")
@@ -363,8 +364,7 @@ class Hub:
                 return
             cand.waiting = True   # the frontier's run on this platform is on its way
             return
-        noise = selection.pooled_noise(self.ledger.sample_groups(self.branch, cand.platform)) \
-            if self.rule == "noise" else None
+        noise = self._floor(cand.platform) if self.rule == "noise" else None
         if self.rule == "noise" and noise is None:
             cand.waiting = True   # the platform's noise floor is being measured
             return
@@ -387,7 +387,6 @@ class Hub:
 
     def _conclude(self, cand: Candidate, decision: selection.Decision) -> None:
         exp = cand.exp
-        cand.verify = False
         exp.val_bpb = statistics.fmean(cand.values)
         exp.samples = len(cand.values)
         exp.status, exp.reason = decision.verdict, decision.reason
