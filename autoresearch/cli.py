@@ -127,6 +127,27 @@ def _sandbox_option():
     return typer.Option(None, "--sandbox", envvar="AUTORESEARCH_SANDBOX", help=SANDBOX_HELP)
 
 
+# the agent's options, the same for `loop` and `swarm`
+def _agent_option():
+    return typer.Option("optuna", "--agent", "-a", help="optuna (offline default), openai, anthropic, claude, codex.")
+
+
+def _max_experiments_option():
+    return typer.Option(None, help="Stop after this many experiments (default: never).")
+
+
+def _max_hours_option():
+    return typer.Option(None, help="Stop after this many hours (default: never).")
+
+
+def _model_option():
+    return typer.Option(None, help="Model name for the agent (else $AUTORESEARCH_MODEL or its default).")
+
+
+def _base_url_option():
+    return typer.Option(None, help="Server URL for openai/anthropic (else their env vars).")
+
+
 @app.command()
 @clean_errors
 def run(
@@ -168,11 +189,11 @@ def noise(
 @app.command()
 @clean_errors
 def loop(
-    agent: str = typer.Option("optuna", "--agent", "-a", help="optuna (offline default), openai, anthropic, claude, codex."),
-    max_experiments: Optional[int] = typer.Option(None, help="Stop after this many experiments (default: never)."),
-    max_hours: Optional[float] = typer.Option(None, help="Stop after this many hours (default: never)."),
-    model: Optional[str] = typer.Option(None, help="Model name for the agent (else $AUTORESEARCH_MODEL or its default)."),
-    base_url: Optional[str] = typer.Option(None, help="Server URL for openai/anthropic (else their env vars)."),
+    agent: str = _agent_option(),
+    max_experiments: Optional[int] = _max_experiments_option(),
+    max_hours: Optional[float] = _max_hours_option(),
+    model: Optional[str] = _model_option(),
+    base_url: Optional[str] = _base_url_option(),
     rule: str = _rule_option(),
     sandbox: Optional[str] = _sandbox_option(),
     noise_runs: int = typer.Option(4, help=NOISE_RUNS_HELP),
@@ -217,11 +238,11 @@ def swarm(
                                           "one per GPU, else one); with --ray, workers on the cluster."),
     ray_address: Optional[str] = typer.Option(None, "--ray", help="Run the workers on a running Ray cluster: its "
                                               "address (host:port), or `auto` for the one this machine joined."),
-    agent: str = typer.Option("optuna", "--agent", "-a", help="optuna (offline default), openai, anthropic, claude, codex."),
-    max_experiments: Optional[int] = typer.Option(None, help="Stop after this many experiments (default: never)."),
-    max_hours: Optional[float] = typer.Option(None, help="Stop after this many hours (default: never)."),
-    model: Optional[str] = typer.Option(None, help="Model name for the agent (else $AUTORESEARCH_MODEL or its default)."),
-    base_url: Optional[str] = typer.Option(None, help="Server URL for openai/anthropic (else their env vars)."),
+    agent: str = _agent_option(),
+    max_experiments: Optional[int] = _max_experiments_option(),
+    max_hours: Optional[float] = _max_hours_option(),
+    model: Optional[str] = _model_option(),
+    base_url: Optional[str] = _base_url_option(),
     rule: str = _rule_option(),
     sandbox: Optional[str] = _sandbox_option(),
     noise_runs: int = typer.Option(4, help=NOISE_RUNS_HELP),

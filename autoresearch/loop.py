@@ -271,7 +271,7 @@ def _observe(agent, exp: Experiment, view: View) -> None:
                                      f"(it is recorded; the agent may not learn from it): {last}")
 
 
-def _record(s: Session, attempt: Attempt, text: str) -> Attempt:
+def record_attempt(s: Session, attempt: Attempt, text: str) -> Attempt:
     """Store the attempt in the ledger and its reply (or error) in runs/proposals/NNNN.txt."""
     s.ledger.add_attempt(attempt)
     path = layout.proposal_file(s.root, attempt.id)
@@ -303,11 +303,11 @@ def _attempt(s: Session, agent, ctx: agents.Context, run, view: View, prefix: st
     except agents.AgentError as e:
         (root / layout.CANDIDATE).write_text(ctx.train_py)  # as before the attempt (an edit waiting there too)
         attempt = _attempt_of(s, agent, e.spent, time.monotonic() - clock, e.kind, str(e), started)
-        _record(s, attempt, f"error ({e.kind}): {e}\n" + (f"\n--- reply\n{e.reply}\n" if e.reply else ""))
+        record_attempt(s, attempt, f"error ({e.kind}): {e}\n" + (f"\n--- reply\n{e.reply}\n" if e.reply else ""))
         refused = f" [refused: {attempt.refused}]" if attempt.refused else ""
         view.event("proposal failed", f"proposal failed ({e.kind}, {attempt.seconds:.1f} s): {e}{refused}")
         return _Failed(e, attempt)
-    attempt = _record(s, _attempt_of(s, agent, proposal, time.monotonic() - clock, "proposed", "", started),
+    attempt = record_attempt(s, _attempt_of(s, agent, proposal, time.monotonic() - clock, "proposed", "", started),
                       proposal.reply or "(no reply text)\n")
     if proposal.train_py is not None:
         (root / layout.CANDIDATE).write_text(proposal.train_py)

@@ -18,14 +18,14 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import layout, procs, selection
 from ..git import git
 from ..guard import out_of_scope, session
 from ..harness.settings import Settings
-from ..loop import Limits
+from ..loop import Limits, Policy
 from ..recovery import remove_worker_folders
 from ..workspace import WorkspaceError
 from .hub import Hub, SwarmFailed, WorkerState
@@ -49,7 +49,6 @@ class Options:
     backoff: float = 10.0
     request_timeout: float | None = None
     threads: int | None = None          # torch threads per worker on CPU (default: the cores split evenly)
-    extra_env: dict = field(default_factory=dict)
 
 
 def _gpus() -> int:
@@ -78,8 +77,8 @@ def _start_ray(opts: Options, root: Path, workers: int):
     return ray, True
 
 
-def worker_spec(root: Path, settings: Settings, branch: str, opts: Options, name: str, index: int,
-                threads: int | None, swarm_id: str) -> dict:
+def worker_spec(root: Path, branch: str, opts: Options, name: str, index: int, threads: int | None,
+                swarm_id: str) -> dict:
     files = {layout.SETTINGS: (root / layout.SETTINGS).read_text(), layout.PROGRAM_MD: (root / layout.PROGRAM_MD).read_text(),
              layout.CANDIDATE: (root / layout.CANDIDATE).read_text()}
     return {"name": name, "workspace": str(root), "host": socket.gethostname(), "swarm_id": swarm_id,
@@ -98,7 +97,7 @@ def run_swarm(root: Path, opts: Options, limits: Limits, say=print, worker_class
                 ([layout.CANDIDATE] if git(s.root, "status", "--porcelain", "--", layout.CANDIDATE) else []):
             raise WorkspaceError("the workspace has uncommitted changes (" + ", ".join(stray[:10]) + "); the swarm "
                                  "works from the branch: commit (`autoresearch run`), move or remove them first")
-        hub = Hub(s, opts.rule, opts.noise_runs, opts.verify, opts.max_failures, opts.backoff,
+        hub = Hub(s, opts.rule, opts.noise_runs, opts.verify, Policy(opts.max_failures, opts.backoff),
                   agent_name=opts.agent, say=say)
         return _Swarm(hub, opts, limits, say, worker_class).run(), hub
 
@@ -125,7 +124,7 @@ class _Swarm:
         starting = {}
         for i in range(n):
             name = f"w{i + 1}"
-            spec = worker_spec(hub.root, hub.s.settings, hub.branch, opts, name, i + 1, threads, swarm_id)
+            spec = worker_spec(hub.root, hub.branch, opts, name, i + 1, threads, swarm_id)
             actor = remote.options(num_cpus=threads or 1, num_gpus=1 if gpus else 0, max_restarts=0,
                                    max_task_retries=0).remote(spec)
             self.actors[name] = actor

@@ -32,7 +32,7 @@ from ..git import commit_file, git, merge_text, show_file
 from ..guard import Session
 from ..harness.protocol import DEFAULT_SEED
 from ..ledger import Attempt, Experiment
-from ..loop import FIXABLE, history
+from ..loop import FIXABLE, Policy, history, record_attempt
 
 NOT_RESULTS = ("lost", "interrupted")   # a change whose run never ended may be tried again
 
@@ -86,11 +86,10 @@ class Candidate:
 
 class Hub:
     def __init__(self, s: Session, rule: str = selection.DEFAULT_RULE, noise_runs: int = 4, verify: bool = False,
-                 max_failures: int = 10, backoff: float = 10.0, max_backoff: float = 300.0,
-                 agent_name: str = "", say=print):
+                 policy: Policy | None = None, agent_name: str = "", say=print):
         self.s, self.ledger, self.root, self.branch = s, s.ledger, s.root, s.branch
         self.rule, self.noise_runs, self.verify = rule, noise_runs, verify
-        self.max_failures, self.backoff, self.max_backoff = max_failures, backoff, max_backoff
+        self.policy = policy or Policy()   # the loop's rule for failed proposals, per worker
         self.say, self.agent_name = say, agent_name
         self.queue: list[dict] = []                  # jobs waiting for a worker: confirmations, tests, verifies
         self.finished: list[Experiment] = []         # experiments every agent is to be told about
@@ -99,7 +98,7 @@ class Hub:
         self.frontier_jobs: Counter = Counter()      # (platform, commit) -> measurements in flight
         self.latencies: list[float] = []             # seconds from a result's arrival to its decision
         self.done = 0                                # experiments finished this session
-        self.baseline_running = False
+        self.baseline_id: int | None = None          # the baseline's experiment while it runs
         self._texts: dict[str, str] = {}             # train.py of each commit asked for (commits never change)
         self._history: tuple[int, str] | None = None  # (experiments finished, the history text then)
         self.settle_branch()
@@ -148,7 +147,7 @@ class Hub:
                 return job
         front = self.frontier()
         if front is None:
-            if self.baseline_running:
+            if self.baseline_id is not None:
                 return None
             return self._baseline(w)
         need = self._frontier_need(w.platform, front.commit)
@@ -185,7 +184,7 @@ class Hub:
                          agent=self.agent_name)
         exp.commit = commit_file(self.root, head, layout.CANDIDATE, text, "baseline")
         self._claim(exp)
-        self.baseline_running = True
+        self.baseline_id = exp.id
         self.candidates[exp.id] = Candidate(exp, text, w.name, w.platform)
         return {**self._measure_job(self.candidates[exp.id], "experiment", 0), "worker": w.name}
 
@@ -212,13 +211,13 @@ class Hub:
                           refused="; ".join(spent.get("refused") or []), started_at=time.time() - (result.get("seconds") or 0))
         if "error" in result:
             attempt.outcome, attempt.error = result["kind"], result["error"]
-            self._attempt(attempt, f"error ({result['kind']}): {result['error']}\n"
+            record_attempt(self.s, attempt, f"error ({result['kind']}): {result['error']}\n"
                           + (f"\n--- reply\n{result['reply']}\n" if result.get("reply") else ""))
             self._proposal_failed(w, result)
             return None
         w.failures = 0
         attempt.outcome = "proposed"
-        self._attempt(attempt, spent.get("reply") or "(no reply text)\n")
+        record_attempt(self.s, attempt, spent.get("reply") or "(no reply text)\n")
         parent, text = job["parent"], result["train_py"]
         prefix = "fix: " if job.get("failure") else ""
         exp = Experiment(branch=self.branch, parent=parent, description=prefix + (spent.get("description") or ""),
@@ -251,25 +250,15 @@ class Hub:
         self.candidates[exp.id] = Candidate(exp, text, w.name, w.platform)
         self.queue.insert(0, {**self._measure_job(self.candidates[exp.id], "experiment", 0), "worker": w.name})
 
-    def _attempt(self, attempt: Attempt, text: str) -> None:
-        self.ledger.add_attempt(attempt)
-        path = layout.proposal_file(self.root, attempt.id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        attempt.reply_path = str(path.relative_to(self.root))
-        self.ledger.update_attempt(attempt)
-
     def _proposal_failed(self, w: WorkerState, result: dict) -> None:
         w.failures += 1
         if result["kind"] == agents.CONFIG:
             raise SwarmFailed(f"{w.name}: the agent's request is refused, retrying cannot help: {result['error']}", 2)
-        if w.failures >= self.max_failures:
+        if w.failures >= self.policy.max_failures:
             w.gone = f"{w.failures} proposals failed in a row; the last ({result['kind']}): {result['error']}"
             self.say(f"hub: {w.name} stops: {w.gone}")
             return
-        asked = result.get("retry_after")
-        wait = min(asked, self.max_backoff) if asked is not None else min(self.max_backoff,
-                                                                           self.backoff * 2 ** (w.failures - 1))
+        wait = self.policy.wait(w.failures, result.get("retry_after"))
         w.not_before = time.monotonic() + wait
         self.say(f"hub: {w.name}'s proposal failed ({result['kind']}): {result['error']}; retrying in {wait:g} s")
 
@@ -423,8 +412,8 @@ class Hub:
         exp.total_seconds = round(exp.finished_at - exp.started_at, 2)
         self.candidates.pop(exp.id, None)
         self.ledger.update(exp)
-        if exp.description == "baseline":
-            self.baseline_running = False
+        if exp.id == self.baseline_id:
+            self.baseline_id = None
         if exp.status == "keep":
             self.settle_branch()
             worker, run = cand.last_run
@@ -468,14 +457,7 @@ class Hub:
         exp.reason = f"lost: {why}; its claim expired"
         if cand.values:
             exp.val_bpb = statistics.fmean(cand.values)
-        exp.finished_at = time.time()
-        self.ledger.update(exp)
-        if exp.description == "baseline":
-            self.baseline_running = False
-        if exp.commit:
-            git(self.root, "update-ref", layout.discarded_ref(exp.id), exp.commit)
-        self.done += 1
-        self.say(f"hub: #{exp.id} lost ({w.name}: {why}); recorded as crash")
+        self._finish(cand)
 
 
 def _value(exp: Experiment) -> str:
