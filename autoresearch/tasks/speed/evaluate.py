@@ -73,9 +73,13 @@ def no_dumping():
 
 
 def evaluate(split):
+    with tempfile.TemporaryDirectory() as work:   # the child's cwd and HOME: fresh, and gone afterwards
+        return _evaluate(split, work)
+
+
+def _evaluate(split, work):
     rng = random.Random(secrets.randbits(64))
     source = os.path.join(os.environ["AUTORESEARCH_CANDIDATE_DIR"], "solution.py")
-    work = tempfile.mkdtemp()
     child = subprocess.Popen([sys.executable, "-I", "-c", WORKER, source], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=work,
                              env={"PATH": os.environ.get("PATH", ""), "HOME": work, "OMP_NUM_THREADS": "1"},
