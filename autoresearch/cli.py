@@ -397,12 +397,14 @@ def tasks_command():
 
     from . import task as tasks
 
-    table = Table("task", "editable", "metric", "direction", "budget", "what")
+    table = Table("task", "editable", "metric", "direction", "budget")
     for name, folder in tasks.builtin().items():
         t = tasks.GPT_TASK if folder is None else tasks.load(folder)
         budget = "the profile's" if folder is None else f"{t.budget:g}s"
-        table.add_row(name, ", ".join(t.editable), t.metric, t.direction, budget, t.description)
+        table.add_row(name, ", ".join(t.editable), t.metric, t.direction, budget)
     Console().print(table)
+    for name, folder in tasks.builtin().items():
+        print(f"{name}: {(tasks.GPT_TASK if folder is None else tasks.load(folder)).description}")
 
 
 @app.command()

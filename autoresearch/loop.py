@@ -95,7 +95,8 @@ def build_context(s: Session, failure: agents.Failure | None = None) -> agents.C
     root = s.root
     return agents.Context(workspace=root, program=(root / layout.PROGRAM_MD).read_text(),
                           train_py=(root / s.task.primary(root)).read_text(),
-                          history=history(s.ledger, s.branch, s.task.metric), budget_seconds=s.budget, failure=failure)
+                          history=history(s.ledger, s.branch, s.task.metric), budget_seconds=s.budget, failure=failure,
+                          file=s.task.primary(root))
 
 
 def failure_of(root: Path, exp: Experiment, files: list[str] = (layout.CANDIDATE,)) -> agents.Failure:

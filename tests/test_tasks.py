@@ -236,3 +236,18 @@ def test_task_load_checks(tmp_path):
             tasks.parse_result(text)
     assert tasks.parse_result('{"valid": false, "reason": "r"}')["metric"] is None
     assert tasks.of(tmp_path) is tasks.GPT_TASK
+
+
+def test_agents_see_the_tasks_file(cache, tmp_path):
+    from autoresearch.agents import AgentUnavailable, Context
+    from autoresearch.agents.claude_code import ClaudeCodeAgent
+    from autoresearch.agents.edits import EDIT_INSTRUCTIONS, edit_instructions
+
+    lab = new_task_lab(tmp_path / "lab", "tabular")
+    ctx = Context(workspace=lab, program="p", train_py="C = 1.0\n", history="", budget_seconds=30, file="model.py")
+    assert "The current model.py" in ctx.prompt() and "train.py" not in ctx.prompt()
+    assert "train.py" not in edit_instructions("model.py") and edit_instructions("train.py") == EDIT_INSTRUCTIONS
+    with pytest.raises(AgentUnavailable, match="train.py only"):
+        ClaudeCodeAgent(workspace=lab).check()
+    done = run_cli("swarm", "--workers", "1", "--max-experiments", "1", cwd=lab)
+    assert done.returncode == 1 and "the swarm runs the GPT task" in done.stderr
