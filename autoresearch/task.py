@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from .git import git
 from .harness.paths import cache_dir
 
 TASK_FILE = "task.toml"
@@ -96,9 +97,9 @@ class Task:
         return any(fnmatch.fnmatchcase(path, glob) for glob in self.editable)
 
     def editable_files(self, root: Path) -> list[str]:
-        """The workspace's editable files that exist (sorted, relative)."""
-        return sorted(str(p.relative_to(root)) for glob in self.editable for p in Path(root).glob(glob)
-                      if p.is_file() and ".git" not in p.relative_to(root).parts)
+        """The workspace's editable files: those git tracks that match a glob (sorted, relative). The guard
+        lets them change, never appear or vanish, so nothing in the ignored folders is ever one of them."""
+        return [p for p in _tracked(root) if self.is_editable(p)]
 
     def primary(self, root: Path) -> str:
         """The file an agent edits (the first editable file): train.py for the GPT task."""
@@ -106,8 +107,7 @@ class Task:
         return files[0] if files else self.editable[0]
 
     def readable_files(self, root: Path) -> list[str]:
-        return sorted(str(p.relative_to(root)) for glob in self.readable for p in Path(root).glob(glob)
-                      if p.is_file())
+        return [p for p in _tracked(root) if any(fnmatch.fnmatchcase(p, glob) for glob in self.readable)]
 
     def data_dir(self) -> Path:
         """Where `prepare` puts this task's data (public/ and hidden/), keyed by the prepare step's files."""
@@ -120,6 +120,10 @@ class Task:
             if self.folder is not None and (self.folder / arg).is_file():
                 h.update(arg.encode() + b"\0" + (self.folder / arg).read_bytes())
         return h.hexdigest()
+
+
+def _tracked(root: Path) -> list[str]:
+    return sorted(p for p in git(root, "ls-files", "-z").split("\0") if p)
 
 
 GPT_TASK = Task(name=GPT, description="the GPT train.py: val_bpb of a small GPT trained for the profile's budget")

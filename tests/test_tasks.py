@@ -251,3 +251,45 @@ def test_agents_see_the_tasks_file(cache, tmp_path):
         ClaudeCodeAgent(workspace=lab).check()
     done = run_cli("swarm", "--workers", "1", "--max-experiments", "1", cwd=lab)
     assert done.returncode == 1 and "the swarm runs the GPT task" in done.stderr
+
+
+def test_task_killed_mid_run_is_recovered_then_noise(cache, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import table
+
+    lab = new_task_lab(tmp_path / "lab", "speed")
+    ok(run_cli("run", "-m", "baseline", cwd=lab))
+    frontier = git(lab, "rev-parse", "HEAD")
+    (lab / "solution.py").write_text((lab / "solution.py").read_text().replace("CUTOFF = 48", "CUTOFF = 20"))
+    env = {**os.environ, "AUTORESEARCH_TEST_PAUSE": "training"}
+
+    def killed(*rule):
+        proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", "killed", *rule], cwd=lab,
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        marker = lab / ".autoresearch" / "paused-training"
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "never reached training"
+            time.sleep(0.1)
+        marker.unlink()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return run_cli("recover", cwd=lab)
+
+    # the noise rule (the speed task's default) first measures the floor, the candidate's file parked meanwhile
+    rec = killed()
+    assert rec.returncode == 0 and "put back the candidate's files" in rec.stderr, rec.stderr
+    assert "CUTOFF = 20" in (lab / "solution.py").read_text() and len(rows(lab)) == 1
+    rec = killed("--rule", "strict")
+    assert rec.returncode == 0 and "recorded as crash" in rec.stderr, rec.stderr
+    assert [(r["status"], r["error_class"]) for r in rows(lab)] == [("keep", ""), ("crash", "interrupted")]
+    assert git(lab, "rev-parse", "HEAD") == frontier and git(lab, "status", "--porcelain") == ""
+
+    out = ok(run_cli("noise", "--runs", "2", cwd=lab))
+    assert "pooled noise floor" in out
+    assert [r["kind"] for r in table(lab, "runs")].count("noise") == 2
