@@ -41,15 +41,32 @@ def clean_errors(fn):
 @clean_errors
 def init(
     directory: Path = typer.Argument(..., help="Directory of the new workspace (empty or new)."),
-    profile: str = typer.Option(..., "--profile", "-p", help="h100, small or cpu (see `autoresearch profiles`)."),
-    budget: Optional[float] = typer.Option(None, help="Training budget in seconds (frozen for the workspace)."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="The GPT task's profile: h100, small or cpu "
+                                          "(see `autoresearch profiles`)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="A built-in task (see `autoresearch tasks`) or the "
+                                       "path of a task folder with a task.toml (default: gpt)."),
+    budget: Optional[float] = typer.Option(None, help="The GPT task's training budget in seconds (frozen for the "
+                                           "workspace)."),
     tag: Optional[str] = typer.Option(None, help="Run tag; the branch is autoresearch/<tag> (default: today, e.g. nov22)."),
 ):
-    """Create a workspace: git repo, train.py, program.md, frozen autoresearch.toml."""
-    from .workspace import init_workspace
-
-    settings = init_workspace(directory, profile, budget, tag)
+    """Create a workspace: git repo, the task's files (train.py, program.md), frozen autoresearch.toml."""
+    from . import task as tasks
     from .git import current_branch
+    from .workspace import init_task_workspace, init_workspace
+
+    folder = tasks.find(task) if task else None
+    if folder is not None:
+        if profile is not None or budget is not None:
+            raise ValueError("--profile and --budget are the GPT task's options; a task's budget is in its task.toml")
+        settings = init_task_workspace(directory, folder, tag)
+        t = tasks.of(settings.root)
+        err.print(f"workspace [bold]{settings.root}[/] on branch [bold]{current_branch(settings.root)}[/]: task "
+                  f"{t.name}, editable {', '.join(t.editable)}, metric {t.metric} ({t.direction}), budget {t.budget:g}s")
+        err.print(f"next: cd {settings.root} && autoresearch prepare && autoresearch run -m baseline")
+        return
+    if profile is None:
+        raise ValueError("the GPT task needs --profile (h100, small or cpu); or choose another task with --task")
+    settings = init_workspace(directory, profile, budget, tag)
 
     p = settings.profile
     err.print(f"workspace [bold]{settings.root}[/] on branch [bold]{current_branch(settings.root)}[/]: "
@@ -76,6 +93,13 @@ def prepare(
             settings = open_workspace()
         except FileNotFoundError:
             raise WorkspaceHint() from None
+        if settings.profile is None:  # a task workspace: its prepare step, into the cache
+            from .workspace import prepare_task
+
+            folder, pinned = prepare_task(settings, force=force)
+            err.print(f"task data in {folder}" + (" (fingerprint pinned in autoresearch.toml, committed)"
+                                                  if pinned else ""), highlight=False)
+            return
         prof = settings.profile
     else:
         prof = get_profile(profile)
@@ -118,9 +142,14 @@ NOISE_RUNS_HELP = "Repeats of the frontier when the noise floor must be measured
 
 
 def _rule_option():
-    from .selection import DEFAULT_RULE
+    return typer.Option(None, "--rule", envvar="AUTORESEARCH_RULE", help=RULE_HELP + " Default: the task's (noise).")
 
-    return typer.Option(DEFAULT_RULE, "--rule", envvar="AUTORESEARCH_RULE", help=RULE_HELP)
+
+def _rule(rule: str | None) -> str:
+    """The keep rule asked for, else the workspace task's default."""
+    from .task import of
+
+    return rule or of(_workspace_root()).rule
 
 
 def _sandbox_option():
@@ -159,7 +188,7 @@ def run(
     """Run ONE experiment on the current train.py: guard, commit, train, evaluate, keep or reset, record."""
     from .experiment import run_experiment
 
-    outcome = run_experiment(_workspace_root(), message, rule=rule, sandbox_mode=sandbox, noise_runs=noise_runs)
+    outcome = run_experiment(_workspace_root(), message, rule=_rule(rule), sandbox_mode=sandbox, noise_runs=noise_runs)
     print(outcome.verdict(), flush=True)
     raise typer.Exit(outcome.exit_code)
 
@@ -217,7 +246,7 @@ def loop(
 
     try:
         done = run_loop(_workspace_root(), agent, Limits(max_experiments, max_hours), model=model,
-                        base_url=base_url, rule=rule, sandbox_mode=sandbox, noise_runs=noise_runs,
+                        base_url=base_url, rule=_rule(rule), sandbox_mode=sandbox, noise_runs=noise_runs,
                         noise_every=noise_every, policy=Policy(max_failures=max_failures, backoff=backoff),
                         request_timeout=request_timeout)
     except AgentUnavailable as e:
@@ -264,7 +293,7 @@ def swarm(
     from .swarm.driver import Options, run_swarm
     from .swarm.hub import SwarmFailed
 
-    opts = Options(workers=workers, agent=agent, model=model, base_url=base_url, rule=rule, sandbox=sandbox,
+    opts = Options(workers=workers, agent=agent, model=model, base_url=base_url, rule=_rule(rule), sandbox=sandbox,
                    noise_runs=noise_runs, verify=verify, ray=ray_address, max_failures=max_failures,
                    backoff=backoff, request_timeout=request_timeout, threads=threads)
 
@@ -380,6 +409,23 @@ def profiles():
         table.add_row(p.name, p.dataset, str(p.max_seq_len), str(p.vocab_size), f"{p.time_budget:g}s",
                       f"{p.eval_tokens:,}", p.description.split(":")[0])
     Console().print(table)
+
+
+@app.command("tasks")
+def tasks_command():
+    """List the built-in tasks (`autoresearch init DIR --task NAME`; a folder with a task.toml works too)."""
+    from rich.table import Table
+
+    from . import task as tasks
+
+    table = Table("task", "editable", "metric", "direction", "budget")
+    for name, folder in tasks.builtin().items():
+        t = tasks.GPT_TASK if folder is None else tasks.load(folder)
+        budget = "the profile's" if folder is None else f"{t.budget:g}s"
+        table.add_row(name, ", ".join(t.editable), t.metric, t.direction, budget)
+    Console().print(table)
+    for name, folder in tasks.builtin().items():
+        print(f"{name}: {(tasks.GPT_TASK if folder is None else tasks.load(folder)).description}")
 
 
 @app.command()

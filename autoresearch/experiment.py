@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import layout, selection
+from .task import TaskError
 from .git import git
 from .guard import Session, check_branch, out_of_scope, session
 from .harness.protocol import DEFAULT_SEED
@@ -37,6 +38,7 @@ class Interrupted(Exception):
 class Outcome:
     experiment: Experiment
     frontier_bpb: float | None
+    metric: str = "val_bpb"     # the task's metric (the ledger keeps it in its val_bpb column)
 
     @property
     def exit_code(self) -> int:
@@ -46,7 +48,7 @@ class Outcome:
         exp = self.experiment
         parts = [f"{exp.status:8s}"]
         if exp.val_bpb is not None:
-            parts.append(f"val_bpb {exp.val_bpb:.6f}")
+            parts.append(f"{self.metric} {exp.val_bpb:.6f}")
             if self.frontier_bpb is not None:
                 parts.append(f"({exp.val_bpb - self.frontier_bpb:+.6f} vs frontier {self.frontier_bpb:.6f})")
         if exp.error_class:
@@ -100,27 +102,32 @@ def run_in_session(s: Session, description: str, rule: str = selection.DEFAULT_R
     for key, value in (meta or {}).items():
         setattr(exp, key, value)
 
-    offending = out_of_scope(root, exp.parent)
+    offending = out_of_scope(root, exp.parent, s.task)
     if offending:
+        editable = ", ".join(s.task.editable)
         exp.status, exp.error_class = "rejected", "scope"
-        exp.error_excerpt = "only train.py may change; also changed: " + ", ".join(offending[:20])
-        exp.reason = "guard: changes outside train.py, nothing was run"
+        exp.error_excerpt = f"only {editable} may change; also changed: " + ", ".join(offending[:20])
+        exp.reason = f"guard: changes outside {editable}, nothing was run"
         exp.finished_at = time.time()
         ledger.insert(exp)
         ledger.write_tsv()
-        return Outcome(exp, exp.frontier_bpb)
+        return Outcome(exp, exp.frontier_bpb, s.task.metric)
 
     ledger.insert(exp)
     journal = Journal(root)
     journal.write(id=exp.id, phase="started", frontier=exp.parent, head=git(root, "rev-parse", "HEAD"))
     try:
         return _run(s, exp, journal, rule)
+    except TaskError as e:  # the task's own evaluator is broken: undo the experiment, record nothing
+        _undo(s, exp, journal)
+        raise WorkspaceError(f"{e}. The task is broken, not the candidate: nothing was recorded, and your edits "
+                             "are in the tree, uncommitted, as before the run") from e
     except Interrupted:
         # Ctrl-C: the experiment is recorded as interrupted and the tree goes back to the frontier
         for message in recover(root, ledger, reason="interrupted by the user"):
             print(f"recover: {message}", file=sys.stderr)
         final = ledger.get(exp.id)
-        return Outcome(final, final.frontier_bpb)
+        return Outcome(final, final.frontier_bpb, s.task.metric)
     except Exception as e:  # disk full, git failure...: undo what we can, say how to finish
         try:
             recover(root, ledger, reason=f"harness error: {e}")
@@ -128,6 +135,16 @@ def run_in_session(s: Session, description: str, rule: str = selection.DEFAULT_R
         except Exception:  # noqa: BLE001 - still failing (e.g. the disk is still full)
             state = "run `autoresearch recover` once the cause is fixed; nothing has been lost"
         raise WorkspaceError(f"{e} ({state})") from e
+
+
+def _undo(s: Session, exp: Experiment, journal: Journal) -> None:
+    """Take back an experiment that never got a result: HEAD to the frontier with the candidate's edits left
+    uncommitted in the tree, its ledger row and runs gone, the journal cleared."""
+    git(s.root, "reset", "--quiet", "--soft", exp.parent)
+    git(s.root, "reset", "--quiet")
+    s.ledger.delete(exp.id)
+    s.ledger.write_tsv()
+    journal.clear()
 
 
 class _Signals:
@@ -168,7 +185,7 @@ def _run(s: Session, exp: Experiment, journal: Journal, rule: str) -> Outcome:
 
     # Commit: one commit = one experiment
     git(root, "reset", "--quiet", "--soft", frontier_commit)
-    git(root, "add", "--", layout.CANDIDATE)
+    git(root, "add", "--", *([layout.CANDIDATE] if s.task.is_gpt else s.task.editable_files(root)))
     # no background `git gc --auto`: it would repack refs while train.py runs (and look like tampering)
     git(root, "-c", "gc.auto=0", "commit", "--quiet", "--allow-empty", "-m", exp.description or "(no description)")
     exp.commit = git(root, "rev-parse", "HEAD")
@@ -204,7 +221,7 @@ def _run(s: Session, exp: Experiment, journal: Journal, rule: str) -> Outcome:
         for folder in layout.run_dirs_of(root, exp.id):
             (folder / layout.EXPORTED_MODEL).unlink(missing_ok=True)  # exported weights of discarded runs go
     journal.clear()
-    return Outcome(exp, exp.frontier_bpb)
+    return Outcome(exp, exp.frontier_bpb, s.task.metric)
 
 
 def _decide(s: Session, exp: Experiment, journal: Journal, rule: str, first: Sample) -> None:
@@ -213,7 +230,7 @@ def _decide(s: Session, exp: Experiment, journal: Journal, rule: str, first: Sam
     frontier = ledger.samples(exp.branch, exp.parent) if exp.frontier_bpb is not None else []
     while True:
         noise = selection.pooled_noise(ledger.sample_groups(exp.branch)) if rule == "noise" else None
-        decision = selection.decide(values, frontier, rule, noise)
+        decision = selection.decide(values, frontier, rule, noise, direction=s.task.direction)
         if decision.verdict != "confirm":
             break
         n = len(values) + 1

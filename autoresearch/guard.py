@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, layout, sandbox
+from . import task as tasks
 from .git import current_branch, git
 from .harness.prepare import load_manifest
 from .harness.settings import METRIC_VERSION, METRIC_VERSIONS, Settings, harness_fingerprint
 from .ledger import Ledger
 from .recovery import WorkspaceLock, recover
-from .workspace import WorkspaceError, data_pins
+from .workspace import WorkspaceError, data_fingerprint, data_pins
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Session:
     ledger: Ledger
     sandbox: str      # "bwrap" or "none"
     branch: str
+    task: tasks.Task = tasks.GPT_TASK   # what the workspace researches (tasks.of(root))
 
     @property
     def root(self) -> Path:
@@ -41,6 +43,11 @@ class Session:
     @property
     def profile(self):
         return self.settings.profile
+
+    @property
+    def budget(self) -> float:
+        """Seconds of the candidate's work: the profile's training budget, or the task's."""
+        return self.profile.time_budget if self.task.is_gpt else self.task.budget
 
 
 # ---------------------------------------------------------------------------
@@ -58,6 +65,8 @@ def check_frozen(settings: Settings) -> dict:
             raise WorkspaceError(
                 f"this workspace scores with metric {settings.metric_version}, which autoresearch {__version__} "
                 f"does not know (it knows {', '.join(map(str, METRIC_VERSIONS))}): install a newer version")
+    if settings.profile is None:
+        return _check_task_data(settings)
     if not settings.data:
         raise WorkspaceError("data not prepared for this workspace: run `autoresearch prepare` first")
     manifest = load_manifest(settings.profile)
@@ -68,6 +77,36 @@ def check_frozen(settings: Settings) -> dict:
         raise WorkspaceError("the cached data or tokenizer differ from the ones pinned in autoresearch.toml; "
                              "restore the original cache (AUTORESEARCH_CACHE) or init a new workspace")
     return manifest
+
+
+def _check_task_data(settings: Settings) -> dict:
+    """A task workspace: its task.toml is readable and its prepared data match the pinned fingerprint."""
+    task = tasks.of(settings.root)
+    if task.is_gpt or settings.task.get("name") != task.name:
+        raise WorkspaceError(f"{settings.root}: autoresearch.toml names the task {settings.task.get('name')!r} but "
+                             f"task.toml is missing or names another; restore it from git")
+    pinned, folder = settings.task.get("data_fingerprint"), task.data_dir()
+    if not pinned or not folder.is_dir():
+        raise WorkspaceError(f"data not prepared for the task {task.name!r}: run `autoresearch prepare` first")
+    if data_fingerprint(folder) != pinned:
+        raise WorkspaceError(f"the task's prepared data in {folder} differ from the ones pinned in autoresearch.toml; "
+                             "run `autoresearch prepare --force`, or init a new workspace")
+    return {}
+
+
+def frozen_task(root: Path, ledger: Ledger, branch: str) -> tasks.Task:
+    """The workspace's task, as the frontier commit has it: a task.toml edited since is refused (it decides
+    what may change, so it can never be changed by what it guards)."""
+    task = tasks.of(root)
+    if task.is_gpt:
+        return task
+    frontier = ledger.frontier(branch)
+    commit = frontier.commit if frontier else git(root, "rev-parse", "HEAD")
+    committed = git(root, "show", f"{commit}:{tasks.TASK_FILE}", check=False)
+    if committed.strip() != (root / tasks.TASK_FILE).read_text().strip():
+        raise WorkspaceError(f"{tasks.TASK_FILE} differs from the frontier's ({commit[:7]}); it is frozen: "
+                             f"`git checkout {commit[:7]} -- {tasks.TASK_FILE}` (nothing was run)")
+    return task
 
 
 def metric_note(settings: Settings) -> str | None:
@@ -116,12 +155,17 @@ def hidden_code(root: Path) -> list[str]:
     return [p for p in found if not p.startswith(quarantine)]
 
 
-def out_of_scope(root: Path, frontier: str) -> list[str]:
-    """Paths that differ from the frontier (committed, staged, modified or new), other than train.py,
-    and code or links hidden where git does not look (the harness's own ignored folders)."""
+def out_of_scope(root: Path, frontier: str, task: tasks.Task = tasks.GPT_TASK) -> list[str]:
+    """Paths that differ from the frontier (committed, staged, modified or new), other than the task's
+    editable files (train.py), and code or links hidden where git does not look (the harness's own
+    ignored folders). An editable file may change, never appear or vanish: the task's files are fixed."""
     changed = git(root, "diff", "--name-only", frontier).splitlines()
     untracked = git(root, "ls-files", "--others", "--exclude-standard").splitlines()
-    return sorted({p for p in changed + untracked + hidden_code(root) if p and p != layout.CANDIDATE})
+    if task.is_gpt:
+        return sorted({p for p in changed + untracked + hidden_code(root) if p and p != layout.CANDIDATE})
+    added_or_gone = git(root, "diff", "--name-only", "--diff-filter=ADR", frontier).splitlines()
+    return sorted({p for p in changed + untracked + hidden_code(root)
+                   if p and (not task.is_editable(p) or p in untracked or p in added_or_gone)})
 
 
 # ---------------------------------------------------------------------------
@@ -150,6 +194,6 @@ def session(root: Path, sandbox_mode: str | None):
                 _say(f"warning: train.py runs WITHOUT the sandbox ({sandbox.unenforced_reason(sandbox_mode)}); "
                      "results are recorded as unenforced: tampering is detected after the fact, not prevented "
                      "(`--sandbox require` refuses to run bare)")
-            yield Session(settings, ledger, box, branch)
+            yield Session(settings, ledger, box, branch, frozen_task(settings.root, ledger, branch))
         finally:
             ledger.close()

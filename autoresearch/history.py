@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+from . import task as tasks
 from .git import GitError, current_branch, git
 from .layout import CANDIDATE
 from .ledger import Attempt, Experiment, Ledger
@@ -45,6 +46,23 @@ class History:
     ledger: Ledger
     branch: str
     rows: list[Experiment]
+    task: tasks.Task = tasks.GPT_TASK   # what the workspace researches: the metric's name and direction
+
+    @property
+    def metric(self) -> str:
+        return self.task.metric
+
+    def best(self, values: list[float]) -> float:
+        """The best of `values` in the metric's direction."""
+        return min(values) if self.task.direction == "minimize" else max(values)
+
+
+def _task_of(root: Path) -> tasks.Task:
+    """The workspace's task for labels and directions; a broken task.toml still lets the history be read."""
+    try:
+        return tasks.of(root)
+    except tasks.TaskError:
+        return tasks.GPT_TASK
 
 
 @contextmanager
@@ -53,7 +71,8 @@ def reading(root: Path) -> Iterator[History]:
     root = Path(root).resolve()
     ledger = Ledger(root, readonly=True)
     try:
-        yield History(root=root, ledger=ledger, branch=current_branch(root) or "", rows=ledger.all())
+        yield History(root=root, ledger=ledger, branch=current_branch(root) or "", rows=ledger.all(),
+                      task=_task_of(root))
     finally:
         ledger.close()
 
@@ -136,7 +155,7 @@ def log_file(root: Path, exp: Experiment) -> Path | None:
 # -- the summary ---------------------------------------------------------------------------------
 
 
-def summary(rows: list[Experiment]) -> dict:
+def summary(rows: list[Experiment], direction: str = "minimize") -> dict:
     """Counts, rates and time over the finished rows; baseline -> best per branch."""
     finished = [r for r in rows if r.status != "running"]
     ran = [r for r in finished if r.status != "rejected"]
@@ -153,8 +172,9 @@ def summary(rows: list[Experiment]) -> dict:
     branches = []
     for branch, valid in measured(finished).items():
         kept_bpb = [r.val_bpb for r in valid if r.status == "keep"]
-        base, best = (kept_bpb[0], min(kept_bpb)) if kept_bpb else (None, None)
-        improvement = (base - best) if base is not None and best is not None else None
+        pick, sign = (min, 1.0) if direction == "minimize" else (max, -1.0)
+        base, best = (kept_bpb[0], pick(kept_bpb)) if kept_bpb else (None, None)
+        improvement = sign * (base - best) if base is not None and best is not None else None
         branches.append({"branch": branch, "baseline_bpb": base, "best_bpb": best, "improvement": improvement,
                          "improvement_pct": 100 * improvement / base if improvement is not None and base else None,
                          "experiments": sum(r.branch == branch for r in finished),
@@ -259,7 +279,8 @@ def glance(h: History) -> dict:
     valid = [r.val_bpb for r in rows if r.val_bpb is not None and r.status in VALID]
     line = lineage(h)
     return {"branch": h.branch, "rows": rows, "experiments": len(rows), "kept": len(kept),
-            "best_val_bpb": min(valid) if valid else None, "frontier": h.ledger.frontier(h.branch),
+            "best_val_bpb": h.best(valid) if valid else None, "frontier": h.ledger.frontier(h.branch),
+            "metric": h.metric, "hidden_metric": h.task.hidden_metric, "direction": h.task.direction,
             "noise_std": line["noise_std"], "noise_dof": line["noise_dof"],
             "overfit": line["overfit"], "lineage": line}
 
@@ -268,7 +289,8 @@ def status_json(h: History) -> dict:
     """The status summary plus every row, JSON-ready."""
     s = glance(h)
     frontier = s["frontier"]
-    return {"branch": s["branch"], "experiments": s["experiments"], "kept": s["kept"],
+    return {"branch": s["branch"], "task": h.task.name, "metric": h.metric, "direction": h.task.direction,
+            "experiments": s["experiments"], "kept": s["kept"],
             "best_val_bpb": s["best_val_bpb"], "frontier": frontier.commit if frontier else None,
             "frontier_id": frontier.id if frontier else None,
             "frontier_val_bpb": frontier.val_bpb if frontier else None,
@@ -303,7 +325,11 @@ def show(h: History, ref: str, tail: int = 20) -> dict:
     exp = find_experiment(h.rows, ref)
     info = row_dict(exp)
     info["parent_val_bpb"] = exp.frontier_bpb
-    info["diff"] = train_diff(h.root, exp)
+    info["metric"], info["task"] = h.metric, h.task.name
+    info["diff_of"] = CANDIDATE if h.task.is_gpt else ", ".join(h.task.editable)
+    info["diff"] = (train_diff(h.root, exp) if h.task.is_gpt else
+                    _git_or_none(h.root, "diff", exp.parent, exp.commit, "--", *h.task.editable_files(h.root))
+                    if exp.commit and exp.parent else None)
     log = log_file(h.root, exp)
     info["log_tail"] = log_tail(log, tail, blank=True, chars=None) if log else None
     info["proposal"] = None
@@ -321,7 +347,7 @@ def format_show(info: dict) -> str:
            f"branch       {info['branch'] or '-'}",
            f"parent       {info['parent'] or '-'}",
            f"description  {info['description']}",
-           f"val_bpb      {fmt(info['val_bpb'])}{delta}",
+           f"{info.get('metric', 'val_bpb'):12s} {fmt(info['val_bpb'])}{delta}",
            f"memory_gb    {fmt(info['memory_gb'], '.3f')} (measured by the harness)"
            f"    training {fmt(info['training_seconds'], '.1f')} s    total {fmt(info['total_seconds'], '.1f')} s",
            f"{REPORTED}: steps {fmt(info['steps'], 'd')}    params {fmt(info['params_m'], '.2f')} M"
@@ -346,9 +372,9 @@ def format_show(info: dict) -> str:
         out.append("started      " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["started_at"])))
     out.append("")
     if info["diff"] is None:
-        out.append(f"--- diff of {CANDIDATE} against its parent: unavailable")
+        out.append(f"--- diff of {info.get('diff_of', CANDIDATE)} against its parent: unavailable")
     else:
-        out.append(f"--- diff of {CANDIDATE} against its parent" + ("" if info["diff"] else ": none"))
+        out.append(f"--- diff of {info.get('diff_of', CANDIDATE)} against its parent" + ("" if info["diff"] else ": none"))
         if info["diff"]:
             out.append(info["diff"])
     if proposal and proposal["reply"] is not None:
@@ -397,7 +423,7 @@ def lineage(h: History, branch: str | None = None) -> dict:
                 chain.append((kept[commit], date))
     else:  # no git history to follow: the ledger's order
         chain = [(r, "") for r in sorted(kept.values(), key=lambda r: r.id)]
-    steps = []
+    steps, sign = [], h.task.sign   # sign x value: lower is better, whatever the direction
     baseline = chain[0][0].val_bpb if chain else None
     previous = previous_test = None
     for exp, date in chain:
@@ -411,7 +437,8 @@ def lineage(h: History, branch: str | None = None) -> dict:
                       "description": exp.description, "val_bpb": exp.val_bpb, "delta": delta,
                       "delta_from_baseline": total, "test_bpb": exp.test_bpb, "test_delta": test_delta,
                       "samples": exp.samples, "reason": exp.reason,
-                      "val_up_test_down": delta is not None and test_delta is not None and delta < 0 < test_delta})
+                      "val_up_test_down": delta is not None and test_delta is not None
+                                          and sign * delta < 0 < sign * test_delta})
         previous = exp.val_bpb if exp.val_bpb is not None else previous
         previous_test = exp.test_bpb if exp.test_bpb is not None else previous_test
     frontier = steps[-1] if steps else None
@@ -419,9 +446,12 @@ def lineage(h: History, branch: str | None = None) -> dict:
     tested = [st for st in steps if st["test_bpb"] is not None]
     base_test = tested[0]["test_bpb"] if tested else None
     front_test = tested[-1]["test_bpb"] if tested else None
-    overfit = (len(tested) > 1 and tested[-1]["val_bpb"] < tested[0]["val_bpb"] and front_test > base_test)
+    overfit = (len(tested) > 1 and sign * tested[-1]["val_bpb"] < sign * tested[0]["val_bpb"]
+               and sign * front_test > sign * base_test)
     noise = pooled_noise(h.ledger.sample_groups(branch))
-    return {"branch": branch, "baseline_bpb": baseline, "frontier_bpb": frontier["val_bpb"] if frontier else None,
+    return {"branch": branch, "metric": h.metric, "hidden_metric": h.task.hidden_metric,
+            "direction": h.task.direction,
+            "baseline_bpb": baseline, "frontier_bpb": frontier["val_bpb"] if frontier else None,
             "frontier": frontier["commit"] if frontier else None, "improvement": improvement,
             "improvement_pct": 100 * improvement / baseline if improvement is not None and baseline else None,
             "baseline_test_bpb": base_test, "frontier_test_bpb": front_test, "overfit": overfit,
@@ -434,15 +464,16 @@ def format_lineage(data: dict) -> str:
     if not data["steps"]:
         return f"branch {data['branch'] or '-'}: nothing kept yet"
     pct = f", {-data['improvement_pct']:+.2f} %" if data["improvement_pct"] is not None else ""
-    out = [f"branch {data['branch']}: {len(data['steps'])} kept, val_bpb {fmt(data['baseline_bpb'])} -> "
+    metric, hidden = data.get("metric", "val_bpb"), data.get("hidden_metric", "test_bpb")
+    out = [f"branch {data['branch']}: {len(data['steps'])} kept, {metric} {fmt(data['baseline_bpb'])} -> "
            f"{fmt(data['frontier_bpb'])} ({fmt(data['improvement'] and -data['improvement'], '+.6f')}{pct}); "
-           f"test_bpb {fmt(data['baseline_test_bpb'])} -> {fmt(data['frontier_test_bpb'])}"]
+           f"{hidden} {fmt(data['baseline_test_bpb'])} -> {fmt(data['frontier_test_bpb'])}"]
     if data["noise_std"] is not None:
         out.append(f"noise floor: std {data['noise_std']:.6f} of one run ({data['noise_dof']} dof)")
     if data["overfit"]:
-        out.append("WARNING: val_bpb improved while test_bpb got worse: the branch may be fitting the validation set")
+        out.append(f"WARNING: {metric} improved while {hidden} got worse: the branch may be fitting the validation set")
     out.append("")
-    out.append(f"{'commit':7s}  {'date':16s}  {'val_bpb':8s}  {'delta':>9s}  {'test_bpb':8s}  {'delta':>9s}")
+    out.append(f"{'commit':7s}  {'date':16s}  {metric:8s}  {'delta':>9s}  {hidden:8s}  {'delta':>9s}")
     for st in data["steps"]:
         delta = "baseline " if st["delta"] is None else f"{st['delta']:+.6f}"
         tdelta = "" if st["test_delta"] is None else f"{st['test_delta']:+.6f}"

@@ -37,6 +37,7 @@ LEDGER_DB = "ledger.sqlite"
 LOCK = "lock"
 JOURNAL = "current.json"
 PARKED = "candidate-train.py"           # an edit put aside while `noise` repeats the frontier
+PARKED_TASK = "parked"                  # a task's edited files, put aside likewise
 QUARANTINE = "quarantine"               # code the loop found hidden in an ignored folder
 OPTUNA_DB = "optuna.db"
 OPTUNA_PENDING = "optuna-pending.json"

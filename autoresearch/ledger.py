@@ -253,6 +253,14 @@ class Ledger:
         except sqlite3.OperationalError as e:
             raise LedgerError(f"cannot write the ledger {self.path}: {e}") from None
 
+    def delete(self, exp_id: int) -> None:
+        """Remove an experiment that never got a result and its runs (a task whose evaluator is broken)."""
+        try:
+            self.db.execute("DELETE FROM runs WHERE experiment_id = ?", (exp_id,))
+            self.db.execute("DELETE FROM experiments WHERE id = ?", (exp_id,))
+        except sqlite3.OperationalError as e:
+            raise LedgerError(f"cannot write the ledger {self.path}: {e}") from None
+
     def get(self, exp_id: int) -> Experiment | None:
         row = self.db.execute("SELECT * FROM experiments WHERE id = ?", (exp_id,)).fetchone()
         return _experiment(row) if row else None

@@ -80,26 +80,27 @@ class Limits:
         return None
 
 
-def history(ledger: Ledger, branch: str) -> str:
-    """One line per experiment of the branch: id, status, val_bpb, delta, class, description."""
+def history(ledger: Ledger, branch: str, metric: str = "val_bpb") -> str:
+    """One line per experiment of the branch: id, status, the metric, delta, class, description."""
     lines = []
     for e in ledger.all(branch)[-HISTORY_ROWS:]:
         bpb = f"{e.val_bpb:.6f}" if e.val_bpb is not None else "-"
         delta = f"{e.val_bpb - e.frontier_bpb:+.6f}" if e.val_bpb is not None and e.frontier_bpb is not None else ""
         cls = f" [{e.error_class}]" if e.error_class else ""
-        lines.append(f"#{e.id} {e.status}{cls} val_bpb {bpb} {delta} :: {e.description}")
+        lines.append(f"#{e.id} {e.status}{cls} {metric} {bpb} {delta} :: {e.description}")
     return "\n".join(lines)
 
 
 def build_context(s: Session, failure: agents.Failure | None = None) -> agents.Context:
     root = s.root
     return agents.Context(workspace=root, program=(root / layout.PROGRAM_MD).read_text(),
-                          train_py=(root / layout.CANDIDATE).read_text(), history=history(s.ledger, s.branch),
-                          budget_seconds=s.profile.time_budget, failure=failure)
+                          train_py=(root / s.task.primary(root)).read_text(),
+                          history=history(s.ledger, s.branch, s.task.metric), budget_seconds=s.budget, failure=failure,
+                          file=s.task.primary(root))
 
 
-def failure_of(root: Path, exp: Experiment) -> agents.Failure:
-    diff = git(root, "diff", exp.parent, exp.commit, "--", layout.CANDIDATE, check=False) if exp.commit else ""
+def failure_of(root: Path, exp: Experiment, files: list[str] = (layout.CANDIDATE,)) -> agents.Failure:
+    diff = git(root, "diff", exp.parent, exp.commit, "--", *files, check=False) if exp.commit else ""
     return agents.Failure(description=exp.description, status=exp.status, error_class=exp.error_class,
                           log_tail=exp.error_excerpt, diff=diff[-6000:])
 
@@ -171,8 +172,8 @@ def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = No
                           retries=0)
     agent.check()
     with session(settings.root, sandbox_mode) as s:
-        if stray := out_of_scope(s.root, git(s.root, "rev-parse", "HEAD")):
-            raise WorkspaceError("the workspace has changes outside train.py (" + ", ".join(stray[:10]) + "); "
+        if stray := out_of_scope(s.root, git(s.root, "rev-parse", "HEAD"), s.task):
+            raise WorkspaceError(f"the workspace has changes outside {', '.join(s.task.editable)} (" + ", ".join(stray[:10]) + "); "
                                  "commit, move or remove them before starting the loop")
         return _loop(s, agent, limits, rule, noise_runs, noise_every, policy or Policy())
 
@@ -215,7 +216,7 @@ def _loop(s: Session, agent, limits: Limits, rule: str, noise_runs: int, noise_e
                 break
             exp = outcome.experiment
             if exp.status in ("crash", "invalid") and exp.error_class in FIXABLE and limits.reached(done, started) is None:
-                fix_ctx = build_context(s, failure_of(s.root, exp))
+                fix_ctx = build_context(s, failure_of(s.root, exp, s.task.editable_files(s.root)))
                 outcome = _attempt(s, agent, fix_ctx, run, view, prefix="fix: ")
                 if isinstance(outcome, _Failed):
                     failures = _after_failure(outcome, failures, policy, view, done)
@@ -226,7 +227,7 @@ def _loop(s: Session, agent, limits: Limits, rule: str, noise_runs: int, noise_e
         if why:
             view.event("stopped", f"loop stopped: {why}")
     except KeyboardInterrupt:
-        _restore_frontier(s.root)
+        _restore_frontier(s.root, [layout.CANDIDATE] if s.task.is_gpt else s.task.editable_files(s.root))
         view.event("interrupted", "loop interrupted: the workspace is on the frontier; run the loop again to resume")
     except LoopFailed as e:
         e.done = done
@@ -301,7 +302,7 @@ def _attempt(s: Session, agent, ctx: agents.Context, run, view: View, prefix: st
     try:
         proposal = agent.propose(ctx)
     except agents.AgentError as e:
-        (root / layout.CANDIDATE).write_text(ctx.train_py)  # as before the attempt (an edit waiting there too)
+        (root / s.task.primary(root)).write_text(ctx.train_py)  # as before the attempt (an edit waiting there too)
         attempt = _attempt_of(s, agent, e.spent, time.monotonic() - clock, e.kind, str(e), started)
         record_attempt(s, attempt, f"error ({e.kind}): {e}\n" + (f"\n--- reply\n{e.reply}\n" if e.reply else ""))
         refused = f" [refused: {attempt.refused}]" if attempt.refused else ""
@@ -310,7 +311,7 @@ def _attempt(s: Session, agent, ctx: agents.Context, run, view: View, prefix: st
     attempt = record_attempt(s, _attempt_of(s, agent, proposal, time.monotonic() - clock, "proposed", "", started),
                       proposal.reply or "(no reply text)\n")
     if proposal.train_py is not None:
-        (root / layout.CANDIDATE).write_text(proposal.train_py)
+        (root / s.task.primary(root)).write_text(proposal.train_py)
     description = prefix + proposal.description
     tokens = (f", {proposal.input_tokens or 0:,} tokens in / {proposal.output_tokens or 0:,} out"
               if proposal.input_tokens is not None or proposal.output_tokens is not None else "")
@@ -343,6 +344,6 @@ def _put_aside(root: Path, exp: Experiment) -> None:
             (root / name).replace(target.with_name(target.name + ".quarantined"))
 
 
-def _restore_frontier(root: Path) -> None:
-    """Undo an applied but never-run proposal: train.py back to the branch tip."""
-    git(root, "checkout", "--", layout.CANDIDATE, check=False)
+def _restore_frontier(root: Path, files: list[str] = (layout.CANDIDATE,)) -> None:
+    """Undo an applied but never-run proposal: train.py (the task's editable files) back to the branch tip."""
+    git(root, "checkout", "--", *files, check=False)

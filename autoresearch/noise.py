@@ -22,7 +22,7 @@ from . import layout, selection
 from .git import git, show_file
 from .guard import Session, session
 from .harness.protocol import DEFAULT_SEED
-from .recovery import Journal, park, unpark
+from .recovery import Journal, park, park_files, unpark
 from .trial import measure
 from .workspace import WorkspaceError
 
@@ -54,7 +54,7 @@ def measure_noise(s: Session, runs: int) -> dict:
         sample.program.unlink(missing_ok=True)
         if sample.status == "ok":
             values.append(sample.val_bpb)
-            print(f"noise: val_bpb {sample.val_bpb:.6f}", file=sys.stderr)
+            print(f"noise: {s.task.metric} {sample.val_bpb:.6f}", file=sys.stderr)
         else:
             print(f"noise: run failed ({sample.status}: {sample.error_class})", file=sys.stderr)
     journal.clear()
@@ -76,7 +76,10 @@ def ensure_noise_floor(s: Session, runs: int) -> None:
     frontier = s.ledger.frontier(s.branch)
     print(f"noise: no noise floor on {s.branch} yet; measuring it with {runs} repeat(s) of the frontier "
           f"{frontier.short} first", file=sys.stderr)
-    park(s.root, show_file(s.root, frontier.commit, layout.CANDIDATE))
+    if s.task.is_gpt:
+        park(s.root, show_file(s.root, frontier.commit, layout.CANDIDATE))
+    else:
+        park_files(s.root, {name: show_file(s.root, frontier.commit, name) for name in s.task.editable_files(s.root)})
     try:
         measure_noise(s, runs)
     finally:
@@ -86,7 +89,8 @@ def ensure_noise_floor(s: Session, runs: int) -> None:
 def run_noise(root: Path, runs: int, sandbox_mode: str | None = None) -> dict:
     """`autoresearch noise`: measure the floor on the frontier; the tree must hold the frontier's train.py."""
     with session(root, sandbox_mode) as s:
-        if s.ledger.frontier(s.branch) is not None and git(s.root, "status", "--porcelain", "--", layout.CANDIDATE):
-            raise WorkspaceError("train.py has edits that are not the frontier's; the noise floor is measured on "
+        files = [layout.CANDIDATE] if s.task.is_gpt else s.task.editable_files(s.root)
+        if s.ledger.frontier(s.branch) is not None and git(s.root, "status", "--porcelain", "--", *files):
+            raise WorkspaceError(f"{', '.join(files)} has edits that are not the frontier's; the noise floor is measured on "
                                  "the frontier: run or put aside your edit first (nothing was changed)")
         return measure_noise(s, runs)

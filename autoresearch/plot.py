@@ -69,7 +69,7 @@ class Progress:
     above: int = 0             # discarded points drawn on the top edge (worse than the axis shows)
 
 
-def progress_series(rows: list[Experiment]) -> list[Series]:
+def progress_series(rows: list[Experiment], direction: str = "minimize") -> list[Series]:
     """Per branch (in order of first appearance): kept and discarded points and the running best."""
     out = []
     for i, (branch, valid) in enumerate(measured(rows).items()):
@@ -81,7 +81,7 @@ def progress_series(rows: list[Experiment]) -> list[Series]:
                 s.labels.append(label(r.description))
                 if s.baseline is None:
                     s.baseline = r.val_bpb
-                best = r.val_bpb if best is None else min(best, r.val_bpb)
+                best = r.val_bpb if best is None else (min if direction == "minimize" else max)(best, r.val_bpb)
                 if not s.best or s.best[-1][1] != best:
                     s.best.append((x, best))
             else:
@@ -114,8 +114,9 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-def plot_progress(rows: list[Experiment], path: Path) -> Progress:
-    """Draw progress.png (16x8 in at 100 dpi) and return what was drawn."""
+def plot_progress(rows: list[Experiment], path: Path, metric: str = "val_bpb", direction: str = "minimize") -> Progress:
+    """Draw progress.png (16x8 in at 100 dpi) and return what was drawn. A metric to maximize is drawn with
+    matplotlib's own limits (the clipping of far-off discards is drawn for lower-is-better metrics)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # ~0.4 s to import: only when drawing
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -129,11 +130,15 @@ def plot_progress(rows: list[Experiment], path: Path) -> Progress:
         title += f", {failed} crashed or timed out"
     if rejected:
         title += f", {rejected} rejected"
-    series = progress_series(finished)
+    series = progress_series(finished, direction)
     single = len(series) <= 1
     by, group = swarm_groups(finished)
     palette = {g: WORKER_COLORS[i % len(WORKER_COLORS)] for i, g in enumerate(sorted(set(group.values())))}
     ylim = _ylim(series)
+    if ylim is not None and direction != "minimize":
+        ylim, autoscale = None, True
+    else:
+        autoscale = False
 
     fig = Figure(figsize=FIG_INCHES, dpi=FIG_DPI)
     FigureCanvasAgg(fig)
@@ -180,11 +185,12 @@ def plot_progress(rows: list[Experiment], path: Path) -> Progress:
         ax.set_ylim(*ylim)
         last = max(p[0] for s in series for p in s.kept + s.discarded)
         ax.set_xlim(-0.5, last + max(1.0, 0.2 * (last + 1)))  # room for the last labels
-    else:
-        ax.text(0.5, 0.5, "no experiment with a val_bpb yet", transform=ax.transAxes, ha="center",
+    elif not autoscale:
+        ax.text(0.5, 0.5, f"no experiment with a {metric} yet", transform=ax.transAxes, ha="center",
                 va="center", fontsize=14, color="#777777")
     ax.set_xlabel("Experiment #", fontsize=12)
-    ax.set_ylabel("Validation BPB (lower is better)", fontsize=12)
+    label = "Validation BPB" if metric == "val_bpb" else metric
+    ax.set_ylabel(f"{label} ({'lower' if direction == 'minimize' else 'higher'} is better)", fontsize=12)
     ax.set_title(title, fontsize=14)
     ax.grid(True, alpha=0.2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -104,11 +104,35 @@ def park(root: Path, frontier_train_py: bytes) -> None:
     candidate.write_bytes(frontier_train_py)
 
 
+def park_files(root: Path, frontier_files: dict[str, bytes]) -> None:
+    """`park` for a task's editable files: each candidate file is set aside under .autoresearch/parked/
+    (as NAME.parked: not code where the guard looks) and the frontier's put in its place."""
+    folder = layout.state(root, layout.PARKED_TASK)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in frontier_files.items():
+        path = Path(root) / name
+        aside = folder / (name + ".parked")
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        aside.write_bytes(path.read_bytes())
+        path.write_bytes(data)
+
+
+def _unpark_files(root: Path) -> str | None:
+    folder = layout.state(root, layout.PARKED_TASK)
+    if not folder.is_dir():
+        return None
+    for aside in sorted(folder.rglob("*.parked")):
+        name = aside.relative_to(folder).as_posix().removesuffix(".parked")
+        (Path(root) / name).write_bytes(aside.read_bytes())
+    shutil.rmtree(folder)
+    return "put back the candidate's files set aside while the noise floor was measured"
+
+
 def unpark(root: Path) -> str | None:
-    """Put back a candidate train.py parked by an interrupted noise measurement."""
+    """Put back a candidate train.py (or a task's files) parked by an interrupted noise measurement."""
     parked = layout.state(root, layout.PARKED)
     if not parked.exists():
-        return None
+        return _unpark_files(root)
     (Path(root) / layout.CANDIDATE).write_bytes(parked.read_bytes())
     parked.unlink()
     return "put back the candidate train.py set aside while the noise floor was measured"

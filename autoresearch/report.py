@@ -83,13 +83,13 @@ def _diff_html(diff: str | None) -> str:
 
 def render_html(h: History, progress: Progress, png: bytes) -> str:
     root, rows = h.root, h.rows
-    s = summary(rows)
+    s = summary(rows, h.task.direction)
     title = f"autoresearch report: {root.name}"
     cards = []
     for b in s["branches"]:
         if b["baseline_bpb"] is None:
             continue
-        head = f"{_e(b['branch'] or '(no branch)')}: baseline &rarr; best val_bpb"
+        head = f"{_e(b['branch'] or '(no branch)')}: baseline &rarr; best {_e(h.metric)} ({h.task.better} is better)"
         pct = f" ({b['improvement_pct']:.2f} %)" if b["improvement_pct"] is not None else ""
         cards.append(f"<div>{head}<b>{b['baseline_bpb']:.6f} &rarr; {b['best_bpb']:.6f}</b>"
                      f"improvement {b['improvement']:.6f}{pct}</div>")
@@ -208,7 +208,7 @@ def write_report(h: History, out: Path | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     _ignore_inside(h.root, out)
     png_path = out / PNG_NAME
-    progress = plot_progress(h.rows, png_path)
+    progress = plot_progress(h.rows, png_path, h.metric, h.task.direction)
     html_path = out / HTML_NAME
     tmp = html_path.with_name(HTML_NAME + ".tmp")
     tmp.write_text(render_html(h, progress, png_path.read_bytes()), encoding="utf-8")

@@ -213,3 +213,48 @@ def eval_command(cmd: list[str], out_dir: Path, env: dict, workspace: Path | Non
     args += _only(workspace, _ro(workspace / SETTINGS_FILE), ["--bind", str(out_dir), str(out_dir)])
     _private(env)
     return args + [*_SEAL, "--chdir", TMP, "--", *cmd]
+
+
+# ---------------------------------------------------------------------------
+# A task's two commands (task.py): the same isolation, other binds
+
+def _concealed(entries: tuple[str, ...]) -> list[str]:
+    """Parts of installed packages hidden from a task's run (`conceal = ["sklearn/datasets/data"]`): an empty
+    read-only folder (or /dev/null for a file) is put over each."""
+    import importlib.util
+
+    args = []
+    for entry in entries:
+        top, _, rest = entry.partition("/")
+        try:
+            spec = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            spec = None
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            path = Path(location) / rest
+            if path.is_dir():
+                args += ["--tmpfs", str(path), "--remount-ro", str(path)]
+            elif path.is_file():
+                args += ["--ro-bind", "/dev/null", str(path)]
+    return args
+
+
+def task_run_command(cmd: list[str], workspace: Path, run_dir: Path, files: list[str], data_dir: Path,
+                     conceal: tuple[str, ...], env: dict) -> list[str]:
+    """A task's `run` in the sandbox: of the workspace only `files` (the editable and readable ones),
+    read-only; of the task's data only public/ (the train split), read-only; its run folder, writable."""
+    corpus = package_dir() / "harness" / "corpus"
+    args = ["bwrap", *_base(), *(_only(corpus) if corpus.is_dir() else []), *_concealed(conceal)]
+    args += _only(data_dir, _ro(data_dir / "public"))
+    args += _only(workspace, *(_ro(workspace / name) for name in files), ["--bind", str(run_dir), str(run_dir)])
+    _private(env)
+    return args + [*_SEAL, "--chdir", str(workspace), "--", *cmd]
+
+
+def task_eval_command(cmd: list[str], workspace: Path, data_dir: Path, candidate: Path, out_dir: Path,
+                      env: dict) -> list[str]:
+    """A task's frozen evaluator in the sandbox: the workspace (its own files, the run folder), the task's
+    data (hidden/ included) and the copy of the candidate's files, read-only; it writes only `out_dir`."""
+    args = ["bwrap", *_base(), *_ro(data_dir), *_ro(workspace), *_ro(candidate), "--bind", str(out_dir), str(out_dir)]
+    _private(env)
+    return args + [*_SEAL, "--chdir", str(workspace), "--", *cmd]

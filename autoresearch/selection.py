@@ -23,6 +23,7 @@ from typing import Iterable, Sequence
 RULES = ("strict", "noise")
 DEFAULT_RULE = "noise"  # what `run` and `loop` use unless told otherwise
 VERDICTS = ("keep", "discard", "confirm")
+DIRECTIONS = ("minimize", "maximize")
 FALSE_KEEP = 0.05  # the noise rule's target: share of no-op edits kept, over all looks at a candidate
 MIN_SIGMA = 1e-4  # bpb, absolute (shift-invariant): a measured std of 0 must not make every tiny gain real
 
@@ -131,21 +132,22 @@ def _frontier_text(mean: float, n: int) -> str:
     return f"{mean:.6f}" if n == 1 else f"{mean:.6f} (mean of {n} runs)"
 
 
-def _strict(cand: list[float], front: list[float]) -> Decision:
+def _strict(cand: list[float], front: list[float], sign: float = 1.0) -> Decision:
+    """`cand` and `front` are scores (sign x value: lower is better); reasons show the values."""
     delta = _mean(cand) - _mean(front)
-    where = f"the frontier {_frontier_text(_mean(front), len(front))}"
+    where = f"the frontier {_frontier_text(sign * _mean(front), len(front))}"
     if delta < 0:
         return Decision("keep", f"strict: improved by {-delta:.6f} over {where}")
-    return Decision("discard", f"strict: not better than {where} (delta {delta:+.6f})")
+    return Decision("discard", f"strict: not better than {where} (delta {sign * delta:+.6f})")
 
 
-def _noise(cand: list[float], front: list[float], noise: NoiseFloor, max_samples: int) -> Decision:
+def _noise(cand: list[float], front: list[float], noise: NoiseFloor, max_samples: int, sign: float = 1.0) -> Decision:
     n_c, n_f = len(cand), len(front)
     gain = _mean(front) - _mean(cand)
     sigma = max(noise.std, MIN_SIGMA)
     if gain <= 0:
-        where = f"the frontier {_frontier_text(_mean(front), n_f)}"
-        return Decision("discard", f"noise: not better than {where} (delta {-gain:+.6f}, "
+        where = f"the frontier {_frontier_text(sign * _mean(front), n_f)}"
+        return Decision("discard", f"noise: not better than {where} (delta {-sign * gain:+.6f}, "
                                    f"{-gain / sigma:.2f} x sigma {sigma:.6f}, dof {noise.dof})")
     t = t_quantile(noise.dof, 1 - look_level(max_samples))
     band = t * sigma * math.sqrt(1 / n_c + 1 / n_f)
@@ -161,8 +163,10 @@ def _noise(cand: list[float], front: list[float], noise: NoiseFloor, max_samples
 
 
 def decide(candidate: float | Sequence[float] | None, frontier: float | Sequence[float] | None,
-           rule: str = "strict", noise: NoiseFloor | None = None, max_samples: int = 2) -> Decision:
+           rule: str = "strict", noise: NoiseFloor | None = None, max_samples: int = 2,
+           direction: str = "minimize") -> Decision:
     """Keep, discard or confirm the candidate against the frontier; each is None, one val_bpb or its runs.
+    `direction` is the metric's ("maximize": higher is better; the values are compared negated).
 
     Any candidate run without a valid result discards it (a confirmation run that crashes is a crash);
     frontier runs without one are ignored, and a frontier with none left makes the candidate the baseline.
@@ -171,8 +175,11 @@ def decide(candidate: float | Sequence[float] | None, frontier: float | Sequence
         raise ValueError(f"unknown keep rule {rule!r} (known: {', '.join(RULES)})")
     if max_samples < 1:
         raise ValueError(f"max_samples must be >= 1, not {max_samples}")
-    cand = _samples(candidate)
-    front = [v for v in _samples(frontier) if v < math.inf]
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r} (known: {', '.join(DIRECTIONS)})")
+    sign = 1.0 if direction == "minimize" else -1.0
+    cand = [sign * v if v < math.inf else v for v in _samples(candidate)]
+    front = [sign * v for v in _samples(frontier) if v < math.inf]
     failed = sum(v == math.inf for v in cand)
     if not cand or failed == len(cand):
         return Decision("discard", "no valid result")
@@ -183,4 +190,4 @@ def decide(candidate: float | Sequence[float] | None, frontier: float | Sequence
     if rule == "noise" and noise is None:
         raise ValueError("the noise rule needs a noise floor: repeat runs of unchanged code and pass "
                          "pooled_noise(...) of their val_bpb before deciding with it")
-    return _strict(cand, front) if rule == "strict" else _noise(cand, front, noise, max_samples)
+    return _strict(cand, front, sign) if rule == "strict" else _noise(cand, front, noise, max_samples, sign)

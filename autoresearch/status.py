@@ -26,9 +26,11 @@ def print_status(h: History, last: int = 15) -> None:
     tty = sys.stdout.isatty()
     console = Console(soft_wrap=True, no_color=not tty, width=None if tty else _columns())
     frontier = s["frontier"]
+    metric, hidden = s["metric"], s["hidden_metric"]
     best = f"{s['best_val_bpb']:.6f}" if s["best_val_bpb"] is not None else "-"
-    test = f", test_bpb {frontier.test_bpb:.6f}" if frontier and frontier.test_bpb is not None else ""
-    console.print(f"branch {s['branch']}: {s['experiments']} experiments, {s['kept']} kept, best val_bpb {best}, "
+    test = f", {hidden} {frontier.test_bpb:.6f}" if frontier and frontier.test_bpb is not None else ""
+    what = "" if h.task.is_gpt else f"task {h.task.name}, {metric} ({s['direction']}); "
+    console.print(f"branch {s['branch']}: {what}{s['experiments']} experiments, {s['kept']} kept, best {metric} {best}, "
                   f"frontier {frontier.short if frontier else '-'}{test}", highlight=False)
     if spent := spending_line(spending(h)):
         console.print(spent, highlight=False)
@@ -36,14 +38,16 @@ def print_status(h: History, last: int = 15) -> None:
         console.print(f"noise floor: std {s['noise_std']:.6f} of one run ({s['noise_dof']} dof)", highlight=False)
     if s["overfit"]:
         line = s["lineage"]
-        console.print(f"[bold yellow]warning:[/] val_bpb improved ({line['baseline_bpb']:.6f} -> "
-                      f"{line['frontier_bpb']:.6f}) while test_bpb got worse ({line['baseline_test_bpb']:.6f} -> "
+        console.print(f"[bold yellow]warning:[/] {metric} improved ({line['baseline_bpb']:.6f} -> "
+                      f"{line['frontier_bpb']:.6f}) while {hidden} got worse ({line['baseline_test_bpb']:.6f} -> "
                       f"{line['frontier_test_bpb']:.6f}): the branch may be fitting the validation set",
                       highlight=False)
     table = Table(box=box.SIMPLE_HEAD if sys.stdout.isatty() else None, pad_edge=False)
     shown = s["rows"][-last:]
     swarm = any(r.worker for r in shown)   # a swarm's rows say which worker ran them
     columns = COLUMNS[:-1] + ("worker",) + COLUMNS[-1:] if swarm else COLUMNS
+    if not h.task.is_gpt:  # the task's names for the ledger's val_bpb and test_bpb columns
+        columns = tuple({"val_bpb": metric, "test_bpb": hidden}.get(c, c) for c in columns)
     rows = []
     for r in shown:
         rows.append((str(r.id), r.short or "-", r.status, fmt(r.val_bpb), fmt(delta_of(r), "+.6f", none=""),
@@ -55,7 +59,7 @@ def print_status(h: History, last: int = 15) -> None:
     gaps = 3 * len(columns) + 2 if tty else 2 * (len(columns) - 1)   # padding (and the box on a terminal)
     room = max(12, console.width - others - gaps)   # what is left for the description
     for col in columns:
-        table.add_column(col, justify="right" if col in RIGHT else "left", no_wrap=True,
+        table.add_column(col, justify="right" if col in RIGHT or col in (metric, hidden) else "left", no_wrap=True,
                          overflow="ellipsis", max_width=room if col == "description" else None)
     for row in rows:
         style = STATUS_STYLE.get(row[2], "")

@@ -25,16 +25,21 @@ steps, params and MFU are as train.py reported them in its summary block (labell
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import layout, procs, sandbox, tripwire
+from . import task as tasks
 from .guard import Session
 from .harness.clock import CLOCK_FILE_ENV, TRAINING_ENDS_ENV
 from .harness.paths import CACHE_ENV, cache_dir
-from .harness.protocol import EXPORT_ONLY_ENV, INTEGRITY_ERRORS, RUN_DIR_ENV, SEED_ENV, SUBMIT_MARKER, run_evaluator
+from .harness.protocol import (EXPORT_ONLY_ENV, INTEGRITY_ERRORS, RUN_DIR_ENV, SEED_ENV, SUBMIT_MARKER, evaluator_env,
+                               run_evaluator)
 from .harness.settings import WORKSPACE_ENV
 from .logs import classify_crash, log_tail, number, parse_summary
 
@@ -197,7 +202,9 @@ def _marker_seconds(watch: Watch) -> tuple[float | None, float | None, float | N
 
 def evaluate(s: Session, program: Path, out: Path, split: str) -> dict:
     """The frozen evaluator on an exported model, in its own (sandboxed) process: {"<split>_bpb": ...} or
-    {"error": ..., "error_class": ...}."""
+    {"error": ..., "error_class": ...}. A task's evaluator scores the run folder `out` (evaluate_task)."""
+    if not s.task.is_gpt:
+        return evaluate_task(s, out, split)
     def wrap(cmd, env):
         return sandbox.eval_command(cmd, out, env, workspace=s.root, profile_name=s.profile.name)
 
@@ -207,7 +214,9 @@ def evaluate(s: Session, program: Path, out: Path, split: str) -> dict:
 
 def measure(s: Session, run_dir: Path, log_path: Path, journal, seed: int | None) -> Sample:
     """Train once, check the rules, score on the validation split. The session's ledger is reopened if
-    train.py damaged it (the tripwire restores it)."""
+    train.py damaged it (the tripwire restores it). A task's run: measure_task."""
+    if not s.task.is_gpt:
+        return measure_task(s, run_dir, log_path, journal, seed)
     root, profile = s.root, s.profile
     sample = Sample(seed, run_dir, log_path, sandbox=s.sandbox)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -257,3 +266,140 @@ def measure(s: Session, run_dir: Path, log_path: Path, journal, seed: int | None
         return sample.fail(status, result["error_class"], result["error"])
     sample.val_bpb = result["val_bpb"]
     return sample
+
+
+# ---------------------------------------------------------------------------
+# A task's run and its score (task.py): the same watch, the same tripwire, the task's own rules
+#
+#   deadline   launch -> the run has exited      by start-up + budget, else interrupted there: timeout (budget)
+#   evaluation start  -> the evaluator's result  within the task's eval_timeout, else crash (eval-timeout)
+#
+# The evaluator is frozen code of the task: when it fails (exits non-zero, writes no result or garbage) the
+# task is broken, not the candidate: TaskError, and the experiment is undone (experiment.py).
+
+def run_task(s: Session, run_dir: Path, log_path: Path, journal, seed: int | None) -> Watch:
+    """The task's `run` command (sandboxed when the session's sandbox is "bwrap"), the parent holding the clock."""
+    root, task = s.root, s.task
+    env = candidate_env(os.environ)
+    env.update({tasks.RUN_DIR_ENV: str(run_dir), tasks.DATA_ENV: str(task.data_dir()), WORKSPACE_ENV: str(root),
+                CACHE_ENV: str(cache_dir()), procs.OWNER_ENV: str(root), "PYTHONUNBUFFERED": "1"})
+    env.pop(PAUSE_ENV, None)
+    env.pop(SEED_ENV, None)
+    if seed is not None:
+        env[SEED_ENV] = str(seed)
+    cmd = list(task.run)
+    if s.sandbox == "bwrap":
+        files = sorted(set(task.editable_files(root)) | set(task.readable_files(root)))
+        cmd = sandbox.task_run_command(cmd, root, run_dir, files, task.data_dir(), task.conceal, env)
+    watch = Watch(launched_at=time.monotonic())
+    proc = procs.spawn(cmd, root, env, log_path)
+    memory = procs.TreeMemory(proc.pid)
+    journal.update(phase="training", pgid=proc.pid)
+    pause("training", journal)
+    grace = max(0.5, min(procs.GRACE_SECONDS, task.hard_timeout - task.deadline))
+    try:
+        while True:
+            now = time.monotonic()
+            memory.sample(now)
+            if (done := procs.poll(proc)) is not None:
+                procs.kill_group(proc.pid)
+                exit = done
+                break
+            if now - watch.launched_at > task.deadline:
+                watch.violation = (f"budget: still running {task.deadline:g}s after launch (start-up allowance "
+                                   f"{task.startup:g}s + budget {task.budget:g}s)")
+                exit = procs.stop(proc, watch.violation, grace=grace)
+                break
+            time.sleep(POLL_SECONDS)
+    except BaseException:
+        procs.stop(proc, "interrupted", grace=2.0)
+        raise
+    watch.exit, watch.ended_at = exit, time.monotonic()
+    watch.memory_mb = memory.peak_mb(exit.max_rss_mb)
+    return watch
+
+
+def measure_task(s: Session, run_dir: Path, log_path: Path, journal, seed: int | None) -> Sample:
+    """Run the task once, check the rules, score on the search split (val)."""
+    root, task = s.root, s.task
+    sample = Sample(seed, run_dir, log_path, sandbox=s.sandbox)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    scope = tripwire.Scope(root, "", "", ignore=(journal.path, layout.state(root, layout.LOCK)), ledger=s.ledger,
+                           data=(task.data_dir(),))
+    s.ledger.checkpoint()
+    before = tripwire.take(scope)
+    watch = run_task(s, run_dir, log_path, journal, seed)
+    procs.kill_owned(root)
+    journal.write(**journal.data)
+
+    sample.train_wall_seconds = sample.training_seconds = round(watch.ended_at - watch.launched_at, 3)
+    sample.memory_gb = round(watch.memory_mb / 1024, 3)
+    log = log_path.read_text(errors="replace") if log_path.exists() else ""
+    if tampered := tripwire.changes(before, scope):
+        sample.restored = tripwire.restore(before, scope, run_dir)
+        return sample.fail("invalid", "tamper", "the run changed protected files: " + "; ".join(tampered[:20])
+                           + ("\n" + "; ".join(sample.restored) if sample.restored else ""))
+    if watch.violation:
+        return sample.fail("timeout", "budget", watch.violation + "\n" + log_tail(log_path))
+    if watch.exit.returncode != 0:
+        return sample.fail("crash", classify_crash(log, watch.exit.returncode, root), log_tail(log_path))
+
+    journal.update(phase="evaluating")
+    pause("evaluating", journal)
+    t_eval = time.monotonic()
+    result = evaluate_task(s, run_dir, "val")
+    sample.eval_wall_seconds = round(time.monotonic() - t_eval, 3)
+    if "error" in result:
+        return sample.fail("invalid" if result["error_class"] == "wrong" else "crash", result["error_class"],
+                           result["error"])
+    sample.val_bpb = result["val_bpb"]
+    sample.note = ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in result["metrics"].items())
+    return sample
+
+
+def evaluate_task(s: Session, run_dir: Path, split: str) -> dict:
+    """The task's frozen evaluator on one run, in a fresh (sandboxed) process that sees the run folder and a
+    copy of the editable files: {"<split>_bpb": metric, "metrics": {...}} (the ledger's column names), or
+    {"error", "error_class"}: "wrong" when the evaluator judged the output incorrect (invalid), "eval-timeout".
+    TaskError when the evaluator itself failed (a broken task, not a bad candidate)."""
+    root, task = s.root, s.task
+    with tempfile.TemporaryDirectory(prefix="autoresearch-task-eval-", ignore_cleanup_errors=True) as tmp:
+        home = Path(tmp)
+        candidate, out = home / "candidate", home / "out"
+        out.mkdir()
+        for name in task.editable_files(root):  # checked unchanged by the tripwire: what ran
+            (candidate / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(root / name, candidate / name)
+        candidate.mkdir(exist_ok=True)
+        result_path = out / tasks.RESULT_FILE
+        env = evaluator_env(home, {procs.OWNER_ENV: str(root), tasks.DATA_ENV: str(task.data_dir()),
+                                   tasks.RUN_DIR_ENV: str(run_dir), tasks.CANDIDATE_ENV: str(candidate),
+                                   tasks.SPLIT_ENV: split, tasks.RESULT_ENV: str(result_path)})
+        cmd = list(task.evaluate)
+        if cmd[0] == sys.executable:
+            cmd.insert(1, "-I")  # no script folder, no user site, no PYTHON* variables on its path
+        if s.sandbox == "bwrap":
+            cmd = sandbox.task_eval_command(cmd, root, task.data_dir(), candidate, out, env)
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=task.eval_timeout,
+                                  cwd=root, stdin=subprocess.DEVNULL, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            return {"error_class": "eval-timeout",
+                    "error": f"the evaluator did not finish within {task.eval_timeout:g}s"}
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        if proc.returncode != 0:
+            raise tasks.TaskError(f"the task's evaluator ({' '.join(task.evaluate[1:])}) failed with exit "
+                                  f"{proc.returncode}: {tail or 'no output'}")
+        if not result_path.is_file() or result_path.is_symlink():
+            raise tasks.TaskError(f"the task's evaluator wrote no result to ${tasks.RESULT_ENV}"
+                                  + (f": {tail}" if tail else ""))
+        text = result_path.read_text(errors="replace")
+    record = run_dir / f"eval-{split}.json"
+    if record.is_symlink() or record.exists():  # whatever the run left there is replaced, never followed
+        shutil.rmtree(record) if record.is_dir() and not record.is_symlink() else record.unlink()
+    record.write_text(text)
+    result = tasks.parse_result(text)
+    if not result["valid"]:
+        return {"error_class": "wrong", "error": f"the evaluator judged the output wrong: {result['reason']}"}
+    return {f"{split}_bpb": result["metric"], "metrics": result["metrics"]}

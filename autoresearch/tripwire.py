@@ -94,6 +94,11 @@ class Scope:
     dataset: str
     ignore: tuple[Path, ...] = ()   # files the harness itself writes meanwhile (the journal)
     ledger: object = None           # the open Ledger: its content is read through its connection
+    data: tuple[Path, ...] = ()     # a task's prepared data (instead of the profile's prepared and raw folders)
+
+    @property
+    def data_dirs(self) -> tuple[Path, ...]:
+        return self.data or (prepared_dir(self.profile_name), raw_dir(self.dataset))
 
 
 def _ledger_files(scope: Scope) -> tuple[Path, ...]:
@@ -117,7 +122,7 @@ def take(scope: Scope) -> Snapshot:
         snap.ledger = scope.ledger.snapshot()
     for path in _walk(_package_dir()):
         snap.add(path, "harness", keep=True)
-    for folder in (prepared_dir(scope.profile_name), raw_dir(scope.dataset)):
+    for folder in scope.data_dirs:
         if folder.is_dir():
             for path in _walk(folder):
                 snap.add(path, "data", keep=False)
@@ -184,7 +189,7 @@ def restore(before: Snapshot, scope: Scope, evidence: Path) -> list[str]:
             notes.append(f"restored {_show(path, scope.workspace)}")
         else:
             notes.append(f"removed {_show(path, scope.workspace)}")
-    data = prepared_dir(scope.profile_name)
+    data = scope.data_dirs[0]
     if data_touched and data.exists():
         aside = data.with_name(f"{data.name}.tampered-{int(time.time())}")
         data.replace(aside)

@@ -21,8 +21,8 @@ LAYERS = [
     ["agents"],
     ["trial", "guard", "recovery"],
     ["ledger", "workspace", "sandbox", "tripwire"],
-    ["layout", "git", "procs", "selection", "logs", "hardware"],
-    ["harness", "template", "__init__"],
+    ["layout", "git", "procs", "selection", "logs", "hardware", "task"],
+    ["harness", "template", "tasks", "__init__"],
 ]
 
 

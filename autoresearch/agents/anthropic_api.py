@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import http
 from .base import AgentError, AgentUnavailable, Context, Endpoint, Proposal
-from .edits import EDIT_INSTRUCTIONS, proposal_from_reply
+from .edits import edit_instructions, proposal_from_reply
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 DEFAULT_MODEL = "claude-sonnet-4-5"
@@ -59,7 +59,7 @@ class AnthropicAgent:
         body: dict = {
             "model": self.model,
             "max_tokens": self.max_tokens,
-            "system": EDIT_INSTRUCTIONS,
+            "system": edit_instructions(context.file),
             "messages": [{"role": "user", "content": context.prompt()}],
         }
         if self.temperature is not None:

@@ -69,15 +69,16 @@ class Context:
     history: str            # compact table of what was tried, kept, discarded, crashed
     budget_seconds: float
     failure: Failure | None = None
+    file: str = "train.py"  # the file train_py holds: a task's first editable file (task.py)
 
     def prompt(self) -> str:
         """The text a language-model backend is given (the same for every backend)."""
         parts = [
-            "You are improving train.py in an autoresearch workspace. Instructions from the human (program.md):",
+            f"You are improving {self.file} in an autoresearch workspace. Instructions from the human (program.md):",
             self.program.strip(),
             "History of experiments on this branch (most recent last):",
             self.history.strip() or "(none yet: the next run is the baseline)",
-            "The current train.py (the best so far):",
+            f"The current {self.file} (the best so far):",
             "```python\n" + self.train_py + "\n```",
         ]
         if self.failure is not None:

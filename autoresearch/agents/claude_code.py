@@ -32,6 +32,7 @@ import os
 import time
 from pathlib import Path
 
+from .. import task as tasks
 from ..layout import CANDIDATE
 from . import http
 from .base import CONFIG, REPLY, TRANSIENT, AgentError, AgentUnavailable, Context, Endpoint, Proposal, as_float, as_int
@@ -65,6 +66,9 @@ class ClaudeCodeAgent:
         return find_executable(self.executable or os.environ.get(BIN_ENV), "claude", BIN_ENV, INSTALL_HINT)
 
     def check(self) -> None:
+        if self.workspace is not None and not tasks.of(self.workspace).is_gpt:
+            raise AgentUnavailable("the claude agent is allowed to edit train.py only, and this workspace's task edits "
+                                   "other files: use --agent optuna, openai or anthropic")
         self._binary()
         if not ENDPOINT.has_credentials():
             raise AgentUnavailable("Claude Code has no credentials here: set ANTHROPIC_API_KEY (or "

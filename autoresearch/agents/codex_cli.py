@@ -41,6 +41,7 @@ import tomllib
 from pathlib import Path
 
 from ..harness.paths import cache_dir
+from .. import task as tasks
 from ..layout import CANDIDATE
 from . import http
 from .base import CONFIG, TRANSIENT, AgentError, AgentUnavailable, Context, Endpoint, Proposal, as_int
@@ -73,6 +74,9 @@ class CodexAgent:
         return find_executable(self.executable or os.environ.get(BIN_ENV), "codex", BIN_ENV, INSTALL_HINT)
 
     def check(self) -> None:
+        if self.workspace is not None and not tasks.of(self.workspace).is_gpt:
+            raise AgentUnavailable("the codex agent is allowed to edit train.py only, and this workspace's task edits "
+                                   "other files: use --agent optuna, openai or anthropic")
         self._binary()
         if self.base_url:  # Codex waits for an unreachable server indefinitely ("waiting for network")
             key = ENDPOINT.key()

@@ -49,6 +49,18 @@ worked, and do not repeat what already failed.
 - Keep the script runnable: a syntax error or a crash wastes an experiment.
 """
 
+
+
+def edit_instructions(file: str = "train.py") -> str:
+    """The system prompt for edits of `file`: the GPT task's as written above, a task's with its file named."""
+    if file == "train.py":
+        return EDIT_INSTRUCTIONS
+    return (EDIT_INSTRUCTIONS.replace("train.py, a single-file GPT training script", f"{file}, the one editable file "
+                                      "of a research task (program.md says what it does and how it is scored)")
+            .replace("Each experiment trains for a fixed time budget", "Each experiment runs it under a fixed time "
+                     "budget").replace("train.py", file))
+
+
 _SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\s*$")
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
 _REPLACE = re.compile(r"^\s*>{5,9}\s*REPLACE\s*$")

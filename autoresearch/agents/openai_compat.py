@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from . import http
 from .base import AgentError, AgentUnavailable, Context, Endpoint, Proposal
-from .edits import EDIT_INSTRUCTIONS, proposal_from_reply
+from .edits import edit_instructions, proposal_from_reply
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 ENDPOINT = Endpoint(base_url_env="OPENAI_BASE_URL", default_base_url=DEFAULT_BASE_URL, key_env="OPENAI_API_KEY")
@@ -67,7 +67,7 @@ class OpenAIAgent:
         body: dict = {
             "model": self.model,
             "messages": [
-                {"role": "system", "content": EDIT_INSTRUCTIONS},
+                {"role": "system", "content": edit_instructions(context.file)},
                 {"role": "user", "content": context.prompt()},
             ],
         }

@@ -52,6 +52,7 @@ import re
 import time
 from pathlib import Path
 
+from .. import task as tasks
 from ..git import git
 from ..harness.settings import Settings
 from ..layout import CANDIDATE, OPTUNA_DB, OPTUNA_PENDING, state
@@ -353,13 +354,15 @@ class OptunaAgent:
         self.root = Path(workspace)
         self.seed = seed
         self._study = None
+        self.task = tasks.of(self.root)
+        self.file = self.task.primary(self.root)   # train.py, or the first editable file of a task
 
     def check(self) -> None:
         try:
             import optuna  # noqa: F401
         except ImportError:
             raise AgentUnavailable("the optuna agent needs the optuna package: pip install optuna") from None
-        train = self.root / CANDIDATE
+        train = self.root / self.file
         if train.exists():  # a train.py whose markers are gone stops the loop before it starts
             try:
                 space_of(train.read_text())
@@ -379,7 +382,7 @@ class OptunaAgent:
         storage = f"sqlite:///{state(self.root, OPTUNA_DB)}"
         study = optuna.create_study(study_name=branch, storage=storage, direction="minimize", load_if_exists=True)
         if "space" not in study.user_attrs:  # an AgentError here leaves no half-made study behind
-            study.set_user_attr("space", space_of((self.root / CANDIDATE).read_text()))
+            study.set_user_attr("space", space_of((self.root / self.file).read_text()))
         self._study = study
         self._fail_stale_trials()
         return self._study
@@ -514,11 +517,11 @@ class OptunaAgent:
         found = None
         if experiment.commit:
             try:
-                found = read_constants(git(self.root, "show", f"{experiment.commit}:{CANDIDATE}", check=False))
+                found = read_constants(git(self.root, "show", f"{experiment.commit}:{self.file}", check=False))
             except AgentError:
                 found = None  # its train.py has no block to read
         measured = experiment.status in ("keep", "discard") and experiment.val_bpb is not None
-        value = experiment.val_bpb if measured else None
+        value = self.task.sign * experiment.val_bpb if measured else None  # the study minimizes
         error = "" if measured else ("rejected" if experiment.status == "rejected" else experiment.error_class or "")
         if self._pending():
             self._record_pending(found, experiment.status, error, value, experiment.id)
@@ -553,5 +556,5 @@ def _key(params: dict) -> tuple:
 def _profile_seq_len(root: Path) -> int | None:
     try:
         return Settings.load(root).profile.max_seq_len
-    except (FileNotFoundError, ValueError, KeyError):
+    except (FileNotFoundError, ValueError, KeyError, AttributeError):  # a task workspace has no profile
         return None

@@ -50,11 +50,12 @@ def harness_fingerprint(root: Path = PACKAGE_DIR) -> str:
 @dataclass
 class Settings:
     root: Path
-    profile: Profile
+    profile: Profile | None                    # the GPT task's; None for a task workspace
     harness_version: str = __version__
     harness_fingerprint: str = ""
     metric_version: int = METRIC_VERSION
     data: dict = field(default_factory=dict)   # data_fingerprint, tokenizer_fingerprint (after prepare)
+    task: dict = field(default_factory=dict)   # a task workspace: name, metric, direction (task.toml has the rest)
 
     def dumps(self) -> str:
         lines = [
@@ -63,10 +64,11 @@ class Settings:
             f"harness_version = {json.dumps(self.harness_version)}",
             f"harness_fingerprint = {json.dumps(self.harness_fingerprint)}",
             f"metric_version = {self.metric_version}",
-            "",
-            "[profile]",
         ]
-        lines += [f"{k} = {json.dumps(v)}" for k, v in self.profile.to_dict().items()]
+        if self.profile is not None:
+            lines += ["", "[profile]"] + [f"{k} = {json.dumps(v)}" for k, v in self.profile.to_dict().items()]
+        if self.task:
+            lines += ["", "[task]"] + [f"{k} = {json.dumps(v)}" for k, v in self.task.items()]
         if self.data:
             lines += ["", "[data]"] + [f"{k} = {json.dumps(v)}" for k, v in sorted(self.data.items())]
         return "\n".join(lines) + "\n"
@@ -88,11 +90,12 @@ class Settings:
             raise ValueError(f"{path} is not valid TOML: {e}") from None
         return cls(
             root=Path(root),
-            profile=Profile.from_dict(raw["profile"]),
+            profile=Profile.from_dict(raw["profile"]) if "profile" in raw else None,
             harness_version=raw.get("harness_version", ""),
             harness_fingerprint=raw.get("harness_fingerprint", ""),
             metric_version=int(raw.get("metric_version", 1)),  # workspaces made before versioning: 1
             data=dict(raw.get("data", {})),
+            task=dict(raw.get("task", {})),
         )
 
 

@@ -93,6 +93,9 @@ def run_swarm(root: Path, opts: Options, limits: Limits, say=print, worker_class
         raise WorkspaceError(f"unknown keep rule {opts.rule!r} (known: {', '.join(selection.RULES)})")
     settings = Settings.load(root)
     with session(settings.root, opts.sandbox) as s:
+        if not s.task.is_gpt:
+            raise WorkspaceError(f"the swarm runs the GPT task's train.py only; this workspace's task is "
+                                 f"{s.task.name!r}: use `autoresearch loop` (one worker)")
         if stray := out_of_scope(s.root, git(s.root, "rev-parse", "HEAD")) + \
                 ([layout.CANDIDATE] if git(s.root, "status", "--porcelain", "--", layout.CANDIDATE) else []):
             raise WorkspaceError("the workspace has uncommitted changes (" + ", ".join(stray[:10]) + "); the swarm "
