@@ -63,11 +63,31 @@ def merge_text(base: str, ours: str, theirs: str) -> str | None:
     return proc.stdout
 
 
+def commit_files(root: Path, parent: str, files: dict[str, str], message: str) -> str:
+    """A commit whose tree is `parent`'s with each `path` (at any depth) holding its text, made without
+    touching the index, the working tree or any ref (the swarm's hub commits candidates this way): a
+    throw-away index of its own is read from `parent`, updated and written as the tree."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="autoresearch-index-") as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+
+        def run(*args: str, input: str | None = None) -> str:
+            proc = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, input=input, env=env)
+            if proc.returncode != 0:
+                raise GitError(f"git {' '.join(args)} failed in {root}: {(proc.stderr or proc.stdout).strip()}")
+            return proc.stdout.strip()
+
+        run("read-tree", parent)
+        for path, text in sorted(files.items()):
+            blob = run("hash-object", "-w", "--stdin", input=text)
+            listed = run("ls-files", "--stage", "--", path).split(" ", 1)[0]
+            run("update-index", "--add", "--cacheinfo", f"{listed or '100644'},{blob},{path}")
+        tree = run("write-tree")
+        return run("-c", "gc.auto=0", "commit-tree", tree, "-p", parent, "-m", message or "(no description)")
+
+
 def commit_file(root: Path, parent: str, path: str, text: str, message: str) -> str:
-    """A commit whose tree is `parent`'s with `path` (top level) holding `text`, made without touching the
-    index, the working tree or any ref (the swarm's hub commits candidates this way)."""
-    blob = git(root, "hash-object", "-w", "--stdin", input=text)
-    entries = [e for e in git(root, "ls-tree", parent).splitlines() if e.split("\t", 1)[1] != path]
-    entries.append(f"100644 blob {blob}\t{path}")
-    tree = git(root, "mktree", input="\n".join(entries) + "\n")
-    return git(root, "-c", "gc.auto=0", "commit-tree", tree, "-p", parent, "-m", message or "(no description)")
+    """commit_files with one file."""
+    return commit_files(root, parent, {path: text}, message)

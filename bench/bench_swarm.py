@@ -46,7 +46,7 @@ class StandIn:
         self.n += 1
         line = f"STAND_IN_{self.name.upper()}_{self.n} = {self.rng.random():.6f}\n"
         return {"proposal": {"description": f"stand-in {self.name} #{self.n}", "model": "stand-in"},
-                "seconds": 0.0, "train_py": line + job["train_py"]}
+                "seconds": 0.0, "files": {"train.py": line + job["files"]["train.py"]}}
 
     def measure(self, job: dict) -> dict:
         time.sleep(self.budget)

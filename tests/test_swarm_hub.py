@@ -35,9 +35,9 @@ def propose(hub: Hub, w: WorkerState, old: str, new: str, description: str) -> d
     """Worker `w` asks for work, gets a proposal job, and answers it with train.py edited old -> new."""
     job = take(hub, w)
     assert job["method"] == "propose", job
-    assert old in job["train_py"]
+    assert old in job["files"]["train.py"]
     hub.proposed(w, job, {"proposal": {"description": description, "model": "script"}, "seconds": 0.1,
-                          "train_py": job["train_py"].replace(old, new, 1)})
+                          "files": {"train.py": job["files"]["train.py"].replace(old, new, 1)}})
     return hub.next_job(w)
 
 
@@ -77,7 +77,8 @@ def test_two_winners_on_one_parent_the_second_is_reapplied_and_rerun_never_kept_
     rerun = hub.next_job(w2)
     again = rows[rerun["exp"]]
     assert rerun["kind"] == "experiment" and again.parent == a.commit and again.status == "running"
-    assert "MATRIX_LR = 0.05" in rerun["train_py"] and "WARMDOWN_RATIO = 0.4" in rerun["train_py"]
+    merged = rerun["files"]["train.py"]
+    assert "MATRIX_LR = 0.05" in merged and "WARMDOWN_RATIO = 0.4" in merged
     assert hub.frontier().commit == a.commit               # nothing advanced from the stale parent
 
     hub.measured(WorkerState("w3", "h", PA), run_c, sample(1.7, "w3"))   # C changed A's line: a conflict
@@ -106,7 +107,10 @@ def test_a_duplicate_is_skipped_while_running_and_after_it_finished_on_the_same_
     propose(hub, w2, "MATRIX_LR = 0.04", "MATRIX_LR = 0.05", "A once more")
     assert hub.ledger.attempts(hub.branch)[-1].outcome == "duplicate"
     assert sum(e.description.startswith("A") for e in hub.ledger.all(hub.branch)) == 1
-    assert change_hash("x = 1\n", "x = 2\n") == change_hash("y\nx = 1\n", "y\nx = 2\n")
+    same = ({"t.py": "x = 1\n"}, {"t.py": "x = 2\n"}), ({"t.py": "y\nx = 1\n"}, {"t.py": "y\nx = 2\n"})
+    assert change_hash(*same[0]) == change_hash(*same[1])
+    two = {"a.py": "x = 1\n", "b.py": "x = 1\n"}   # the same edit in another file is another change
+    assert change_hash(two, {**two, "a.py": "x = 2\n"}) != change_hash(two, {**two, "b.py": "x = 2\n"})
 
 
 def test_each_platform_measures_the_frontier_itself_and_is_compared_only_with_itself(hub):
@@ -192,7 +196,7 @@ def test_a_worker_on_a_machine_without_the_prepared_data_says_so_at_start(worksp
     from autoresearch.workspace import WorkspaceError
 
     root = workspace.root
-    files = {name: (root / name).read_text() for name in ("autoresearch.toml", "program.md", "train.py")}
+    files = {name: (root / name).read_bytes() for name in ("autoresearch.toml", "program.md", "train.py")}
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "empty-cache"))   # another machine: nothing prepared
     spec = {"name": "w1", "workspace": str(tmp_path / "elsewhere"), "host": "another-host", "swarm_id": "s1",
             "branch": "autoresearch/test", "files": files, "agent": "optuna", "sandbox": "off", "seed": 1}

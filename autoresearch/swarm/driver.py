@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import layout, procs, selection
-from ..git import git
+from ..git import git, show_file
 from ..guard import out_of_scope, session
 from ..harness.settings import Settings
 from ..loop import Limits, Policy
@@ -79,8 +79,10 @@ def _start_ray(opts: Options, root: Path, workers: int):
 
 def worker_spec(root: Path, branch: str, opts: Options, name: str, index: int, threads: int | None,
                 swarm_id: str) -> dict:
-    files = {layout.SETTINGS: (root / layout.SETTINGS).read_text(), layout.PROGRAM_MD: (root / layout.PROGRAM_MD).read_text(),
-             layout.CANDIDATE: (root / layout.CANDIDATE).read_text()}
+    # the workspace's files as committed (the task's evaluator and data preparation too); the worker's own
+    # .gitignore keeps its run folders out of its commits
+    files = {name: show_file(root, "HEAD", name) for name in git(root, "ls-files", "-z").split("\0")
+             if name and name != ".gitignore"}
     return {"name": name, "workspace": str(root), "host": socket.gethostname(), "swarm_id": swarm_id,
             "branch": branch, "files": files, "agent": opts.agent, "model": opts.model, "base_url": opts.base_url,
             "request_timeout": opts.request_timeout, "sandbox": opts.sandbox, "threads": threads, "seed": index}
@@ -93,11 +95,9 @@ def run_swarm(root: Path, opts: Options, limits: Limits, say=print, worker_class
         raise WorkspaceError(f"unknown keep rule {opts.rule!r} (known: {', '.join(selection.RULES)})")
     settings = Settings.load(root)
     with session(settings.root, opts.sandbox) as s:
-        if not s.task.is_gpt:
-            raise WorkspaceError(f"the swarm runs the GPT task's train.py only; this workspace's task is "
-                                 f"{s.task.name!r}: use `autoresearch loop` (one worker)")
-        if stray := out_of_scope(s.root, git(s.root, "rev-parse", "HEAD")) + \
-                ([layout.CANDIDATE] if git(s.root, "status", "--porcelain", "--", layout.CANDIDATE) else []):
+        editable = [layout.CANDIDATE] if s.task.is_gpt else s.task.editable_files(s.root)
+        if stray := out_of_scope(s.root, git(s.root, "rev-parse", "HEAD"), s.task) + \
+                [p for p in editable if git(s.root, "status", "--porcelain", "--", p)]:
             raise WorkspaceError("the workspace has uncommitted changes (" + ", ".join(stray[:10]) + "); the swarm "
                                  "works from the branch: commit (`autoresearch run`), move or remove them first")
         hub = Hub(s, opts.rule, opts.noise_runs, opts.verify, Policy(opts.max_failures, opts.backoff),
@@ -168,7 +168,9 @@ class _Swarm:
 
     def _loop(self, ray) -> None:
         hub = self.hub
-        limit = hub.s.profile.time_rules.hard_timeout + 2 * hub.s.profile.time_rules.eval_timeout + 60
+        task = hub.task
+        rules = hub.s.profile.time_rules if task.is_gpt else task
+        limit = rules.hard_timeout + 2 * rules.eval_timeout + 60
         stopping = None
         while True:
             stopping = stopping or self.limits.reached(hub.done + len(hub.candidates), self.started)

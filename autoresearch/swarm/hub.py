@@ -8,12 +8,15 @@ Workers propose and measure; the hub does everything that changes the truth, one
                its parent's as measured there; a platform measures each frontier commit itself before any
                candidate of it is decided, and keeps its own noise floor
   stale        a candidate that would be kept (or confirmed) but whose parent is no longer the frontier is
-               re-applied on the frontier (a three-way merge of train.py) and re-run as a new experiment,
+               re-applied on the frontier (a three-way merge of each editable file) and re-run as a new experiment,
                or recorded `stale` when the merge conflicts: nothing advances the frontier from an old parent
   the branch   a keep is written to the ledger first, then the workspace is moved to the new commit, so a
                hub killed in between is put right when the swarm starts again (the ledger is the truth)
   claims lost  a worker that died or went silent past the hard timeout loses its claim: its experiment is
                recorded once as `crash` (`lost`), and nothing else of it is waited for
+
+Any task: a candidate is the texts of the task's editable files (train.py for the GPT task), its value the
+task's metric, compared in the task's direction.
 
 The hub works on the workspace's session (guard.session: the lock, recovery, frozen checks), so a swarm
 and `autoresearch run` never write the same workspace at once.
@@ -28,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from .. import agents, layout, selection
-from ..git import commit_file, git, merge_text, show_file
+from ..git import commit_files, git, merge_text, show_file
 from ..guard import Session
 from ..harness.protocol import DEFAULT_SEED
 from ..ledger import Attempt, Experiment
@@ -45,13 +48,21 @@ class SwarmFailed(RuntimeError):
         self.code = code
 
 
-def change_hash(parent_text: str, text: str) -> str:
+def change_hash(parent: dict[str, str], files: dict[str, str]) -> str:
     """The claim's key: the lines a candidate removes and adds, in order, without line numbers or context
-    (the same edit made by two workers hashes the same)."""
+    (the same edit made by two workers hashes the same); with several editable files, under each file's name."""
     import difflib
 
-    lines = [line for line in difflib.unified_diff(parent_text.splitlines(), text.splitlines(), lineterm="", n=0)
-             if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    names = sorted(set(parent) | set(files))
+    lines = []
+    for name in names:
+        old, new = parent.get(name, ""), files.get(name, "")
+        if old == new:
+            continue
+        if len(names) > 1:
+            lines.append(f"@@ {name}")
+        lines += [line for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0)
+                  if line[:1] in "+-" and not line.startswith(("+++", "---"))]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
@@ -74,7 +85,7 @@ class WorkerState:
 class Candidate:
     """An experiment between its claim and its decision."""
     exp: Experiment
-    text: str
+    files: dict[str, str]            # the editable files' texts
     worker: str
     platform: str
     values: list[float] = field(default_factory=list)
@@ -82,6 +93,7 @@ class Candidate:
     last_run: tuple = ("", "")       # (worker, run name) of its last measured run: where its model is
     waiting: bool = False            # its result is in; it waits for its parent to be measured on its platform
     arrived: float = 0.0             # when the result that it waits with arrived (decision latency)
+    note: str = ""                   # a task's secondary metrics of its first run
 
 
 class Hub:
@@ -99,7 +111,8 @@ class Hub:
         self.latencies: list[float] = []             # seconds from a result's arrival to its decision
         self.done = 0                                # experiments finished this session
         self.baseline_id: int | None = None          # the baseline's experiment while it runs
-        self._texts: dict[str, str] = {}             # train.py of each commit asked for (commits never change)
+        self.task = s.task
+        self._texts: dict[str, dict] = {}            # the editable files of each commit asked for (commits never change)
         self._history: tuple[int, str] | None = None  # (experiments finished, the history text then)
         self.settle_branch()
 
@@ -122,9 +135,12 @@ class Hub:
         git(self.root, "reset", "--quiet", "--hard", front.commit)
         self.say(f"hub: the workspace moved to the frontier {front.short} (it was at {head[:7]})")
 
-    def _text(self, commit: str) -> str:
+    def _text(self, commit: str) -> dict[str, str]:
+        """The texts of the task's editable files at `commit`."""
         if commit not in self._texts:
-            self._texts[commit] = show_file(self.root, commit, layout.CANDIDATE).decode()
+            names = [p for p in git(self.root, "ls-tree", "-r", "--name-only", commit).splitlines()
+                     if self.task.is_editable(p)]
+            self._texts[commit] = {p: show_file(self.root, commit, p).decode() for p in names}
         return self._texts[commit]
 
     def history(self) -> str:
@@ -156,8 +172,8 @@ class Hub:
             seed = DEFAULT_SEED + 100 + len(self.ledger.platform_samples(self.branch, front.commit, w.platform)) \
                 + self.frontier_jobs[(w.platform, front.commit)]
             return {"method": "measure", "kind": "frontier", "commit": front.commit, "name": f"frontier-{front.short}",
-                    "train_py": self._text(front.commit), "seed": seed, "platform": w.platform}
-        job = {"method": "propose", "parent": front.commit, "train_py": self._text(front.commit),
+                    "files": self._text(front.commit), "seed": seed, "platform": w.platform}
+        job = {"method": "propose", "parent": front.commit, "files": self._text(front.commit),
                "program": self.program, "history": self.history(), "failure": None}
         if w.fix is not None:
             job["failure"], w.fix = w.fix, None
@@ -182,7 +198,7 @@ class Hub:
         exp = Experiment(branch=self.branch, parent=head, description="baseline", rule=self.rule,
                          worker=w.name, host=w.host, platform=w.platform, diff_hash=change_hash(text, text),
                          agent=self.agent_name)
-        exp.commit = commit_file(self.root, head, layout.CANDIDATE, text, "baseline")
+        exp.commit = commit_files(self.root, head, text, "baseline")
         self._claim(exp)
         self.baseline_id = exp.id
         self.candidates[exp.id] = Candidate(exp, text, w.name, w.platform)
@@ -190,7 +206,7 @@ class Hub:
 
     def _measure_job(self, cand: Candidate, kind: str, n: int) -> dict:
         return {"method": "measure", "kind": kind, "exp": cand.exp.id, "commit": cand.exp.commit,
-                "name": layout.run_name(cand.exp.id, n + 1 if n else None), "train_py": cand.text,
+                "name": layout.run_name(cand.exp.id, n + 1 if n else None), "files": cand.files,
                 "seed": DEFAULT_SEED + n, "platform": cand.platform}
 
     def _claim(self, exp: Experiment) -> None:
@@ -218,19 +234,20 @@ class Hub:
         w.failures = 0
         attempt.outcome = "proposed"
         record_attempt(self.s, attempt, spent.get("reply") or "(no reply text)\n")
-        parent, text = job["parent"], result["train_py"]
+        parent, text = job["parent"], result["files"]
         prefix = "fix: " if job.get("failure") else ""
         exp = Experiment(branch=self.branch, parent=parent, description=prefix + (spent.get("description") or ""),
                          rule=self.rule, worker=w.name, host=w.host, platform=w.platform,
-                         diff_hash=change_hash(job["train_py"], text), agent=self.agent_name,
+                         diff_hash=change_hash(job["files"], text), agent=self.agent_name,
                          model=spent.get("model") or "", input_tokens=spent.get("input_tokens"),
                          output_tokens=spent.get("output_tokens"), cost_usd=spent.get("cost_usd"),
                          cost_estimated=attempt.cost_estimated, proposal_seconds=result.get("seconds"),
                          frontier_bpb=self._bar(parent, w.platform))
         if result.get("rejected"):
             exp.status, exp.error_class = "rejected", "scope"
-            exp.error_excerpt = "only train.py may change; also changed: " + ", ".join(result["rejected"][:20])
-            exp.reason = "guard: changes outside train.py, nothing was run"
+            only = ", ".join(self.task.editable) if not self.task.is_gpt else layout.CANDIDATE
+            exp.error_excerpt = f"only {only} may change; also changed: " + ", ".join(result["rejected"][:20])
+            exp.reason = f"guard: changes outside {only}, nothing was run"
             exp.finished_at = time.time()
             self.ledger.insert(exp)
             self._finished(exp, attempt)
@@ -243,7 +260,7 @@ class Hub:
                                                      status="crash", error_class="duplicate", worker=w.name,
                                                      description=exp.description)))
             return None
-        exp.commit = commit_file(self.root, parent, layout.CANDIDATE, text, exp.description)
+        exp.commit = commit_files(self.root, parent, text, exp.description)
         self._claim(exp)
         attempt.experiment_id = exp.id
         self.ledger.update_attempt(attempt)
@@ -282,6 +299,9 @@ class Hub:
         test score: queued) or finish it."""
         arrived = time.monotonic()
         kind, commit = job["kind"], job["commit"]
+        if "task_error" in result:   # the task's own evaluator broke: no candidate is to blame, nothing can go on
+            self.lost(w, job, "the task's evaluator failed")
+            raise SwarmFailed(f"{w.name}: {result['task_error']}; fix the task (its evaluator), then run again", 1)
         log_rel = self._save_log(job, result)
         exp_id = job.get("exp")
         self.ledger.add_run(self.branch, commit, kind if kind != "verify" else "confirm", job["seed"],
@@ -299,6 +319,8 @@ class Hub:
         exp = cand.exp
         cand.workers.add(w.name)
         if kind == "experiment":
+            exp.sandbox = result.get("sandbox") or exp.sandbox
+            cand.note = result.get("note") or ""
             for name in ("memory_gb", "steps", "params_m", "mfu_percent", "training_seconds", "startup_seconds",
                          "export_seconds", "train_wall_seconds", "eval_wall_seconds"):
                 setattr(exp, name, result.get(name))
@@ -330,7 +352,7 @@ class Hub:
         return str(path.relative_to(self.root))
 
     def _offer_fix(self, w: WorkerState, exp: Experiment) -> None:
-        diff = git(self.root, "diff", exp.parent, exp.commit, "--", layout.CANDIDATE, check=False)
+        diff = git(self.root, "diff", exp.parent, exp.commit, "--", *sorted(self._text(exp.commit)), check=False)
         w.fix = {"description": exp.description, "status": exp.status, "error_class": exp.error_class,
                  "log_tail": exp.error_excerpt, "diff": diff[-6000:]}
 
@@ -344,7 +366,7 @@ class Hub:
         """The keep rule on one platform's samples; queues what the candidate needs next, if anything."""
         exp, front = cand.exp, self.frontier()
         if front is None:   # the baseline: compared with nothing
-            self._conclude(cand, selection.decide(cand.values, None, self.rule))
+            self._conclude(cand, selection.decide(cand.values, None, self.rule, direction=self.task.direction))
             return
         parent_values = self.ledger.platform_samples(self.branch, exp.parent, cand.platform)
         if not parent_values:
@@ -358,7 +380,7 @@ class Hub:
             cand.waiting = True   # the platform's noise floor is being measured
             return
         exp.frontier_bpb = statistics.fmean(parent_values)
-        decision = selection.decide(cand.values, parent_values, self.rule, noise)
+        decision = selection.decide(cand.values, parent_values, self.rule, noise, direction=self.task.direction)
         if decision.verdict in ("keep", "confirm") and exp.parent != front.commit:
             self._stale(cand, f"the frontier moved from {exp.parent[:7]} to {front.short} while it ran")
             return
@@ -378,7 +400,7 @@ class Hub:
         exp = cand.exp
         exp.val_bpb = statistics.fmean(cand.values)
         exp.samples = len(cand.values)
-        exp.status, exp.reason = decision.verdict, decision.reason
+        exp.status, exp.reason = decision.verdict, decision.reason + (f" ({cand.note})" if cand.note else "")
         self._finish(cand)
 
     def _stale(self, cand: Candidate, why: str) -> None:
@@ -387,15 +409,15 @@ class Hub:
         exp.val_bpb = statistics.fmean(cand.values)
         exp.samples = len(cand.values)
         exp.status = "stale"
-        merged = merge_text(self._text(exp.parent), self._text(front.commit), cand.text)
-        if merged is None:
-            exp.reason = f"stale: {why}; its change does not apply on the frontier (a conflict in train.py)"
+        merged = _merge(self._text(exp.parent), self._text(front.commit), cand.files)
+        if isinstance(merged, str):
+            exp.reason = f"stale: {why}; its change does not apply on the frontier (a conflict in {merged})"
             self._finish(cand)
             return
         again = Experiment(branch=self.branch, parent=front.commit, description=exp.description, rule=self.rule,
                            worker=cand.worker, host=exp.host, platform=cand.platform, diff_hash=exp.diff_hash,
                            agent=exp.agent, model=exp.model, frontier_bpb=self._bar(front.commit, cand.platform))
-        again.commit = commit_file(self.root, front.commit, layout.CANDIDATE, merged, exp.description)
+        again.commit = commit_files(self.root, front.commit, merged, exp.description)
         self._claim(again)
         exp.reason = f"stale: {why}; re-applied on {front.short} as experiment #{again.id}"
         self.say(f"hub: #{exp.id} {exp.reason}")
@@ -417,11 +439,12 @@ class Hub:
         if exp.status == "keep":
             self.settle_branch()
             worker, run = cand.last_run
-            self.queue.insert(0, {"method": "score_test", "exp": exp.id, "run": run, "worker": worker})
+            self.queue.insert(0, {"method": "score_test", "exp": exp.id, "run": run, "worker": worker,
+                                  "files": cand.files})
         elif exp.commit:
             git(self.root, "update-ref", layout.discarded_ref(exp.id), exp.commit)
         self.done += 1
-        self.say(f"hub: #{exp.id} {exp.status:8s} {_value(exp)} ({cand.worker}, {cand.platform.split(' |')[0]}) "
+        self.say(f"hub: #{exp.id} {exp.status:8s} {_value(exp, self.task.metric)} ({cand.worker}, {cand.platform.split(' |')[0]}) "
                  f":: {exp.description}" + (f"\n     {exp.reason}" if exp.reason else ""))
         self._finished(exp, None)
 
@@ -435,10 +458,15 @@ class Hub:
         exp = self.ledger.get(job["exp"])
         if exp is None:
             return
+        if "task_error" in result:
+            result = {"error": result["task_error"], "error_class": "evaluator"}
         if "error" in result:
             exp.reason += f"; test split not scored ({result.get('error_class')}: {result['error']})"
         else:
             exp.test_bpb = result.get("test_bpb")
+            if result.get("metrics"):
+                exp.reason += "; test " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
+                                                    for k, v in result["metrics"].items())
         self.ledger.update(exp)
 
     # -- lost claims -----------------------------------------------------------------------------
@@ -460,8 +488,20 @@ class Hub:
         self._finish(cand)
 
 
-def _value(exp: Experiment) -> str:
+def _merge(base: dict[str, str], front: dict[str, str], files: dict[str, str]) -> dict[str, str] | str:
+    """The candidate's change re-applied on the frontier, file by file (a three-way merge each): the merged
+    texts, or the name of the first file that conflicts."""
+    merged = {}
+    for name in sorted(files):
+        text = merge_text(base.get(name, ""), front.get(name, ""), files[name])
+        if text is None:
+            return name
+        merged[name] = text
+    return merged
+
+
+def _value(exp: Experiment, metric: str = "val_bpb") -> str:
     if exp.val_bpb is None:
         return f"[{exp.error_class}]" if exp.error_class else ""
     delta = f" ({exp.val_bpb - exp.frontier_bpb:+.6f})" if exp.frontier_bpb is not None else ""
-    return f"val_bpb {exp.val_bpb:.6f}{delta}"
+    return f"{metric} {exp.val_bpb:.6f}{delta}"

@@ -1,8 +1,8 @@
 """One swarm worker: a folder of its own with a git repository, an agent of its own, and the engine's
 training and scoring (trial.py) run there. It writes nothing of the workspace: the hub sends it texts
-(the frontier's train.py, program.md, the settings, the history) and receives results (samples, logs,
-proposals), so a worker on another machine needs no shared file system, only the package and the
-prepared data of the workspace's profile.
+(the workspace's files once, then the frontier's editable files: train.py for the GPT task, and the
+history) and receives results (samples, logs, proposals), so a worker on another machine needs no shared
+file system, only the package and the prepared data of the workspace's profile or task.
 
 On the workspace's machine the folder is `.autoresearch/swarm/NAME` and its git repository borrows the
 workspace's objects (read-only, through git's alternates), so agents that read history with git see the
@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import agents, layout, sandbox
+from .. import task as tasks
 from ..git import git
 from ..guard import Session, check_frozen, out_of_scope
 from ..harness.paths import cache_dir
@@ -61,8 +62,9 @@ class Worker:
             os.environ["OMP_NUM_THREADS"] = str(spec["threads"])
         shutil.rmtree(root, ignore_errors=True)   # a folder left by a killed worker of this name
         root.mkdir(parents=True)
-        for name, text in spec["files"].items():
-            (root / name).write_text(text)
+        for name, data in spec["files"].items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data)
         (root / ".gitignore").write_text(GITIGNORE)
         git(root, "init", "--quiet", "--initial-branch", spec["branch"])
         if self.objects is not None:
@@ -73,11 +75,11 @@ class Worker:
         settings = Settings.load(root)
         check_frozen(settings)
         box = sandbox.resolve(spec.get("sandbox"))
-        self.session = Session(settings, Ledger(root), box, spec["branch"])
+        self.session = Session(settings, Ledger(root), box, spec["branch"], tasks.of(root))
         self.agent = agents.create(spec["agent"], root, model=spec.get("model"), base_url=spec.get("base_url"),
                                    timeout=spec.get("request_timeout"), retries=0, seed=spec.get("seed"))
         self.agent.check()
-        return {"name": self.name, "host": self.host, "platform": platform_key(settings.profile.time_budget),
+        return {"name": self.name, "host": self.host, "platform": platform_key(self.session.budget),
                 "sandbox": box, "folder": str(root)}
 
     def stop(self) -> None:
@@ -87,14 +89,21 @@ class Worker:
 
     # -- the frontier ----------------------------------------------------------------------------
 
-    def _checkout(self, commit: str, train_py: str) -> None:
-        """The folder at the frontier: its commit when the workspace's objects are here, else its train.py
-        committed on the worker's own branch."""
+    def _write(self, files: dict[str, str]) -> None:
+        for name, text in files.items():
+            (self.root / name).write_text(text)
+
+    def _editable(self) -> dict[str, str]:
+        return {name: (self.root / name).read_text() for name in self.session.task.editable_files(self.root)}
+
+    def _checkout(self, commit: str, files: dict[str, str]) -> None:
+        """The folder at the frontier: its commit when the workspace's objects are here, else its editable
+        files committed on the worker's own branch."""
         root = self.root
         if self.objects is not None and git(root, "cat-file", "-t", commit, check=False) == "commit":
             git(root, "reset", "--quiet", "--hard", commit)
         else:
-            (root / layout.CANDIDATE).write_text(train_py)
+            self._write(files)
             git(root, "add", "--all")
             git(root, "commit", "--quiet", "--allow-empty", "-m", f"frontier {commit}")
         git(root, "clean", "--quiet", "-d", "--force")  # anything an agent left (ignored folders stay)
@@ -102,13 +111,14 @@ class Worker:
     # -- the work --------------------------------------------------------------------------------
 
     def propose(self, job: dict) -> dict:
-        """Ask the agent for an edit of the frontier's train.py: {"proposal": ..., "train_py": ...}, or
+        """Ask the agent for an edit of the frontier's editable files: {"proposal": ..., "files": ...}, or
         {"error": ..., "kind": ...}, or {"rejected": [paths]} when it changed other files."""
-        self._checkout(job["parent"], job["train_py"])
+        self._checkout(job["parent"], job["files"])
         failure = agents.Failure(**job["failure"]) if job.get("failure") else None
-        ctx = agents.Context(workspace=self.root, program=job["program"], train_py=job["train_py"],
-                             history=job["history"], budget_seconds=self.session.profile.time_budget,
-                             failure=failure)
+        primary = self.session.task.primary(self.root)
+        ctx = agents.Context(workspace=self.root, program=job["program"], train_py=job["files"][primary],
+                             history=job["history"], budget_seconds=self.session.budget,
+                             failure=failure, file=primary)
         clock = time.monotonic()
         try:
             proposal = self.agent.propose(ctx)
@@ -117,18 +127,21 @@ class Worker:
             return {"error": str(e), "kind": e.kind, "reply": e.reply, "retry_after": e.retry_after,
                     "spent": spent, "seconds": round(time.monotonic() - clock, 3)}
         if proposal.train_py is not None:
-            (self.root / layout.CANDIDATE).write_text(proposal.train_py)
+            (self.root / primary).write_text(proposal.train_py)
+        self._write(getattr(proposal, "files", None) or {})
         out = {"proposal": asdict(proposal), "seconds": round(time.monotonic() - clock, 3)}
-        if offending := out_of_scope(self.root, "HEAD"):
+        if offending := out_of_scope(self.root, "HEAD", self.session.task):
             out["rejected"] = offending
         self.outstanding = True
-        out["train_py"] = (self.root / layout.CANDIDATE).read_text()
+        out["files"] = self._editable()
         return out
 
     def measure(self, job: dict) -> dict:
-        """Train `job["train_py"]` once with `job["seed"]` and score it on the validation split."""
+        """Run `job["files"]` once with `job["seed"]` and score it on the validation split (a task's evaluator
+        that breaks: {"task_error": why})."""
         root = self.root
-        (root / layout.CANDIDATE).write_text(job["train_py"])
+        self._checkout(job["commit"], job["files"])   # the candidate's whole tree (a task binds its files by git)
+        self._write(job["files"])
         name = f"{job['name']}-{hashlib.sha256(str(time.time()).encode()).hexdigest()[:6]}"
         run_dir, log_path = root / layout.RUNS / name, root / layout.RUNS / f"{name}.log"
         earlier = sorted((root / layout.RUNS).glob("*"), key=lambda p: p.stat().st_mtime) \
@@ -137,7 +150,11 @@ class Worker:
             shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
         journal = Journal(root)
         journal.write(phase="swarm", name=job["name"])
-        sample = measure(self.session, run_dir, log_path, journal, job.get("seed"))
+        try:
+            sample = measure(self.session, run_dir, log_path, journal, job.get("seed"))
+        except tasks.TaskError as e:
+            journal.clear()
+            return {"task_error": str(e), "status": "crash", "error_class": "evaluator", "worker": self.name}
         journal.clear()
         if sample.status != "ok":
             sample.program.unlink(missing_ok=True)
@@ -146,12 +163,20 @@ class Worker:
         return {**fields, "log": log, "worker": self.name}
 
     def score_test(self, job: dict) -> dict:
-        """The held-out test split on the model of run `job["run"]` (the hub asks when it kept it)."""
-        found = sorted((self.root / layout.RUNS).glob(f"{job['run']}-*/{layout.EXPORTED_MODEL}"),
-                       key=lambda p: p.stat().st_mtime)
+        """The held-out test split on the model of run `job["run"]` (the hub asks when it kept it); a task's
+        evaluator scores that run's folder with the kept candidate's files."""
+        gpt = self.session.task.is_gpt
+        found = sorted((self.root / layout.RUNS).glob(f"{job['run']}-*/{layout.EXPORTED_MODEL}" if gpt
+                                                       else f"{job['run']}-*/"), key=lambda p: p.stat().st_mtime)
         if not found:
             return {"error": "its model is no longer on the worker", "error_class": "missing"}
-        return evaluate(self.session, found[-1], found[-1].parent, "test")
+        if gpt:
+            return evaluate(self.session, found[-1], found[-1].parent, "test")
+        self._write(job.get("files") or {})
+        try:
+            return evaluate(self.session, None, found[-1], "test")
+        except tasks.TaskError as e:
+            return {"task_error": str(e)}
 
     def observe(self, rows: list[dict]) -> None:
         """Tell the agent experiments' results, in order. Another worker's waits while this worker's own
