@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git, rows, run_cli
+from conftest import rows, run_cli
 from test_swarm import assert_clean, script
 from test_tasks import USER_TASK, new_task_lab, write_task
 
