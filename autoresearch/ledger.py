@@ -94,7 +94,27 @@ class Attempt:
     started_at: float = field(default_factory=time.time)
 
 
-_INTEGER = {"steps", "input_tokens", "output_tokens", "samples", "cost_estimated", "experiment_id"}
+@dataclass
+class Run:
+    """One training run of a commit (the `runs` table): kind experiment | confirm | noise | frontier; status ok,
+    crash, ... `platform` and `worker` name where a swarm measured it (None: a single-machine run)."""
+
+    id: int | None = None
+    experiment_id: int | None = None
+    branch: str = ""
+    commit_sha: str = ""
+    kind: str = ""
+    seed: int | None = None
+    val_bpb: float | None = None
+    status: str = ""
+    error_class: str = ""
+    log_path: str = ""
+    finished_at: float = field(default_factory=time.time)
+    platform: str | None = None
+    worker: str | None = None
+
+
+_INTEGER = {"steps", "input_tokens", "output_tokens", "samples", "cost_estimated", "experiment_id", "seed"}
 _REAL = {"val_bpb", "frontier_bpb", "memory_gb", "training_seconds", "total_seconds", "train_wall_seconds",
          "eval_wall_seconds", "params_m", "mfu_percent", "started_at", "finished_at", "cost_usd", "proposal_seconds",
          "test_bpb", "startup_seconds", "export_seconds", "seconds"}
@@ -119,13 +139,7 @@ def _create(db: sqlite3.Connection) -> None:
     _table(db, "experiments", Experiment)
     _table(db, "proposals", Attempt)
     db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-    db.execute("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER, "
-               "branch TEXT, commit_sha TEXT, kind TEXT, seed INTEGER, val_bpb REAL, status TEXT, "
-               "error_class TEXT, log_path TEXT, finished_at REAL, platform TEXT, worker TEXT)")
-    present = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-    for name in ("platform", "worker"):
-        if name not in present:  # a ledger from before the swarm
-            db.execute(f"ALTER TABLE runs ADD COLUMN {name} TEXT")
+    _table(db, "runs", Run)
     db.execute("CREATE TABLE IF NOT EXISTS noise (id INTEGER PRIMARY KEY AUTOINCREMENT, branch TEXT, "
                "commit_sha TEXT, runs INTEGER, mean REAL, std REAL, values_json TEXT, measured_at REAL)")
 
@@ -314,12 +328,10 @@ class Ledger:
     def add_run(self, branch: str, commit: str, kind: str, seed: int, val_bpb: float | None, status: str,
                 error_class: str = "", log_path: str = "", experiment_id: int | None = None,
                 platform: str | None = None, worker: str | None = None) -> None:
-        """One training run of `commit`: kind experiment | confirm | noise | frontier; status ok, crash, ...
-        `platform` and `worker` name where a swarm measured it (None: a single-machine run)."""
-        self.db.execute("INSERT INTO runs (experiment_id, branch, commit_sha, kind, seed, val_bpb, status, "
-                        "error_class, log_path, finished_at, platform, worker) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (experiment_id, branch, commit, kind, seed, val_bpb, status, error_class, log_path,
-                         time.time(), platform, worker))
+        """One training run of `commit` (see Run)."""
+        run = Run(experiment_id=experiment_id, branch=branch, commit_sha=commit, kind=kind, seed=seed, val_bpb=val_bpb,
+                  status=status, error_class=error_class, log_path=log_path, platform=platform, worker=worker)
+        self._insert("runs", {k: v for k, v in vars(run).items() if k != "id"})
 
     def runs(self, branch: str) -> list[dict]:
         rows = self.db.execute("SELECT * FROM runs WHERE branch = ? ORDER BY id", (branch,)).fetchall()

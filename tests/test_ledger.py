@@ -47,6 +47,25 @@ def test_an_old_ledger_gains_new_columns(repo):
     assert ledger.all()[-1].eval_wall_seconds == 2.5
 
 
+def test_an_old_runs_table_gains_the_swarm_columns_in_place(repo):
+    (repo / ".autoresearch").mkdir()
+    db = sqlite3.connect(repo / ".autoresearch" / "ledger.sqlite")
+    db.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, experiment_id INTEGER, branch TEXT, "
+               "commit_sha TEXT, kind TEXT, seed INTEGER, val_bpb REAL, status TEXT, error_class TEXT, "
+               "log_path TEXT, finished_at REAL)")   # a ledger from before the swarm
+    db.execute("INSERT INTO runs (branch, commit_sha, kind, seed, val_bpb, status) "
+               "VALUES ('autoresearch/x', 'c', 'noise', 1, 2.0, 'ok')")
+    db.commit()
+    db.close()
+    ledger = Ledger(repo)
+    ledger.add_run("autoresearch/x", "c", "frontier", 2, 2.5, "ok", platform="p", worker="w1")
+    ledger.add_run("autoresearch/x", "c", "noise", 3, 2.1, "ok")
+    assert [(r["kind"], r["platform"], r["worker"]) for r in ledger.runs("autoresearch/x")] == \
+        [("noise", None, None), ("frontier", "p", "w1"), ("noise", None, None)]
+    assert ledger.samples("autoresearch/x", "c") == [2.0, 2.1]              # single-machine runs only
+    assert ledger.platform_samples("autoresearch/x", "c", "p") == [2.5]
+
+
 def test_an_old_ledger_gains_the_proposals_table_in_place(repo):
     (repo / ".autoresearch").mkdir()
     db = sqlite3.connect(repo / ".autoresearch" / "ledger.sqlite")
