@@ -224,6 +224,12 @@ def test_without_the_grader_variables_nothing_runs(cache, tmp_path):
     done = run_cli("run", "-m", "baseline", cwd=lab, env={"AUTORESEARCH_GRADER_BASE_URL": "http://127.0.0.1:9/v1"})
     assert done.returncode == 2 and "needs AUTORESEARCH_GRADER_MODEL set" in done.stderr
     unchanged(lab, head, "M prompt.txt")
+    grader = {"AUTORESEARCH_GRADER_BASE_URL": "http://127.0.0.1:9/v1", "AUTORESEARCH_GRADER_MODEL": "m"}
+    git(lab, "checkout", "--", "prompt.txt")
+    done = run_cli("loop", "--max-experiments", "1", cwd=lab, env=grader)   # the default agent: optuna
+    assert done.returncode == 2 and "prompt.txt has no hyperparameter block" in done.stderr, done.stderr
+    assert "--agent openai" in done.stderr
+    unchanged(lab, head, "")
 
 
 @pytest.mark.parametrize("grader", ["down", "garbage"])
