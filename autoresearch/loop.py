@@ -193,7 +193,7 @@ def _loop(s: Session, agent, limits: Limits, rule: str, noise_runs: int, noise_e
     started, done, failures = time.time(), 0, 0
     try:
         if s.ledger.frontier(s.branch) is None:  # a fresh branch: its train.py as it is is the baseline
-            view.event("baseline", "running the baseline (train.py as it is)")
+            view.event("baseline", f"running the baseline ({', '.join(s.task.editable)} as it is)")
             outcome = run("baseline", meta={"agent": agent.name})
             _observe(agent, outcome.experiment, view)
             done += 1

@@ -251,6 +251,20 @@ def test_a_grader_that_fails_is_a_broken_task_that_records_nothing(cache, tmp_pa
     unchanged(lab, head, "M prompt.txt")
 
 
+def test_a_grader_that_is_down_stops_the_loop_recording_nothing(cache, tmp_path):
+    lab = new_lab(tmp_path)
+    head = git(lab, "rev-parse", "HEAD")
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    with StandIn(answers(cache)) as agent:   # the agent is up, the grader is not
+        done = run_cli("loop", "--max-experiments", "2", "--agent", "openai", "--base-url", agent.url, "--model",
+                       "scripted", cwd=lab, env={"AUTORESEARCH_GRADER_BASE_URL": url,
+                                                 "AUTORESEARCH_GRADER_MODEL": "grader"})
+    assert done.returncode == 1 and f"{url}/chat/completions cannot be reached" in done.stderr, done.stderr
+    assert "nothing was recorded" in done.stderr and "running the baseline (prompt.txt as it is)" in done.stdout
+    assert not agent.proposals   # it stopped at the baseline, before asking the agent
+    unchanged(lab, head, "")
+
+
 def test_an_invalid_prompt_is_never_scored(cache, tmp_path):
     lab = new_lab(tmp_path)
     with StandIn(answers(cache)) as grader:
