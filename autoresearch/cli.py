@@ -17,7 +17,8 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def clean_errors(fn):
-    """Known failures print one clear line and exit 1 instead of a traceback."""
+    """Known failures print one clear line and exit 1 instead of a traceback; a task that needs a variable
+    of the user's environment that is not set (an endpoint to grade with) exits 2, a configuration error."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -25,10 +26,14 @@ def clean_errors(fn):
         from .harness.download import DownloadError
         from .ledger import LedgerError
         from .sandbox import SandboxError
+        from .task import TaskUnready
         from .workspace import WorkspaceError
 
         try:
             return fn(*args, **kwargs)
+        except TaskUnready as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2)
         except (WorkspaceError, GitError, DownloadError, LedgerError, SandboxError, FileNotFoundError, ValueError,
                 OSError) as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False)
@@ -62,6 +67,9 @@ def init(
         t = tasks.of(settings.root)
         err.print(f"workspace [bold]{settings.root}[/] on branch [bold]{current_branch(settings.root)}[/]: task "
                   f"{t.name}, editable {', '.join(t.editable)}, metric {t.metric} ({t.direction}), budget {t.budget:g}s")
+        if t.requires_env:
+            err.print(f"this task needs {' and '.join(t.requires_env)} set to run: {t.requires_help}",
+                      highlight=False)
         err.print(f"next: cd {settings.root} && autoresearch prepare && autoresearch run -m baseline")
         return
     if profile is None:
@@ -239,8 +247,8 @@ def loop(
     """Propose -> run -> decide, forever or until a limit. Ctrl-C safe; run it again to resume.
 
     Exit status: 0 a limit was reached or Ctrl-C; 1 the workspace is not ready; 2 the agent cannot work
-    (before the first proposal, or a configuration error such as an unknown model or a rejected key);
-    3 --max-failures proposals failed in a row."""
+    (before the first proposal, or a configuration error such as an unknown model or a rejected key) or the
+    task needs a variable that is not set (its grader's endpoint); 3 --max-failures proposals failed in a row."""
     from .agents import AgentUnavailable
     from .loop import Limits, LoopFailed, Policy, run_loop
 
@@ -418,14 +426,18 @@ def tasks_command():
 
     from . import task as tasks
 
-    table = Table("task", "editable", "metric", "direction", "budget")
-    for name, folder in tasks.builtin().items():
-        t = tasks.GPT_TASK if folder is None else tasks.load(folder)
-        budget = "the profile's" if folder is None else f"{t.budget:g}s"
-        table.add_row(name, ", ".join(t.editable), t.metric, t.direction, budget)
+    import os
+
+    found = {name: tasks.GPT_TASK if folder is None else tasks.load(folder) for name, folder in tasks.builtin().items()}
+    table = Table("task", "editable", "metric", "direction", "budget", "needs")
+    for name, t in found.items():
+        budget = "the profile's" if t.is_gpt else f"{t.budget:g}s"
+        table.add_row(name, ", ".join(t.editable), t.metric, t.direction, budget, ", ".join(t.requires_env) or "-")
     Console().print(table)
-    for name, folder in tasks.builtin().items():
-        print(f"{name}: {(tasks.GPT_TASK if folder is None else tasks.load(folder)).description}")
+    for name, t in found.items():
+        print(f"{name}: {t.description}")
+        if missing := [v for v in t.requires_env if not os.environ.get(v)]:
+            print(f"  not set here: {', '.join(missing)}: {t.requires_help}")
 
 
 @app.command()

@@ -109,6 +109,13 @@ def frozen_task(root: Path, ledger: Ledger, branch: str) -> tasks.Task:
     return task
 
 
+def check_task_env(settings: Settings) -> None:
+    """The variables a task requires (its grader's endpoint) are set: else TaskUnready, a configuration error
+    found before the lock, the ledger, the agent or anything else is touched."""
+    if settings.profile is None:
+        tasks.of(settings.root).check_env(os.environ)
+
+
 def metric_note(settings: Settings) -> str | None:
     """A line for workspaces whose numbers are not comparable with those of a new workspace."""
     if settings.metric_version == METRIC_VERSION:
@@ -177,10 +184,12 @@ def _say(message: str) -> None:
 
 @contextmanager
 def session(root: Path, sandbox_mode: str | None):
-    """Settings, sandbox, the lock, recovery, the frozen checks, the branch: what every command that trains
-    does first. Yields a Session; the lock is held and the ledger open until the block ends."""
+    """The variables the task requires, settings, sandbox, the lock, recovery, the frozen checks, the branch:
+    what every command that trains does first. Yields a Session; the lock is held and the ledger open until
+    the block ends."""
     settings = Settings.load(root)
     box = sandbox.resolve(sandbox_mode)
+    check_task_env(settings)
     with WorkspaceLock(settings.root):
         ledger = Ledger(settings.root)
         try:

@@ -29,7 +29,7 @@ from pathlib import Path
 from . import agents, layout, selection
 from .experiment import Outcome, run_in_session
 from .git import git
-from .guard import Session, hidden_code, out_of_scope, session
+from .guard import Session, check_task_env, hidden_code, out_of_scope, session
 from .harness.settings import Settings
 from .ledger import Attempt, Experiment, Ledger
 from .noise import NOISE_RUNS, measure_noise
@@ -167,6 +167,7 @@ def run_loop(root: Path, agent_name: str, limits: Limits, model: str | None = No
     if rule not in selection.RULES:
         raise WorkspaceError(f"unknown keep rule {rule!r} (known: {', '.join(selection.RULES)})")
     settings = Settings.load(root)
+    check_task_env(settings)  # before the agent is asked anything
     # retries=0: the loop owns the back-off (one place, and its waits are printed)
     agent = agents.create(agent_name, settings.root, model=model, base_url=base_url, timeout=request_timeout,
                           retries=0)
@@ -192,7 +193,7 @@ def _loop(s: Session, agent, limits: Limits, rule: str, noise_runs: int, noise_e
     started, done, failures = time.time(), 0, 0
     try:
         if s.ledger.frontier(s.branch) is None:  # a fresh branch: its train.py as it is is the baseline
-            view.event("baseline", "running the baseline (train.py as it is)")
+            view.event("baseline", f"running the baseline ({', '.join(s.task.editable)} as it is)")
             outcome = run("baseline", meta={"agent": agent.name})
             _observe(agent, outcome.experiment, view)
             done += 1

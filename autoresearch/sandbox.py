@@ -20,6 +20,10 @@ read-only, even when the harness itself runs as root (CI). The evaluator gets th
 package whole), the workspace's settings and the prepared data it scores, starts in an empty /tmp (so
 nothing in the run folder is on its import path) and writes only its run folder.
 
+A task's evaluator may be given the network (task.toml `evaluate_network = true`, for a grader behind an
+endpoint): then it shares the host's network (its loopback included) and sees the few files of /etc that
+name resolution and TLS read; it still writes only its output folder. The run never has the network.
+
 `mode`: "auto" (sandbox when bubblewrap works, else run bare and say so), "require" (refuse to run bare),
 "off". Without the sandbox the harness still detects tampering after the fact (see tripwire.py).
 """
@@ -45,6 +49,10 @@ USER, UID, GID = "sandbox", 1000, 1000  # train.py's identity inside; outside it
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime")  # loader, cc -> gcc, time
 TOOLS = ("CC", "CXX", "CUDA_HOME", "CUDA_PATH", "TRITON_PTXAS_PATH", "TRITON_LIBCUDA_PATH")  # compilers, CUDA
+# DNS and TLS, with the network: the public certificates only (never /etc/ssl/private, /etc/pki/tls/private)
+NET_ETC = ("resolv.conf", "hosts", "host.conf", "nsswitch.conf", "gai.conf", "services", "protocols",
+           "ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf", "pki/tls/certs",
+           "pki/tls/cert.pem", "pki/tls/openssl.cnf", "pki/ca-trust/extracted", "crypto-policies")
 TMP = "/tmp"
 _ISOLATION = ["--unshare-user", "--disable-userns", "--uid", str(UID), "--gid", str(GID), "--cap-drop", "ALL",
               "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -165,13 +173,16 @@ def _hub_cache() -> Path:
     return Path(os.environ.get("HF_HOME") or cache / "huggingface") / "hub"
 
 
-def _base() -> list[str]:
+def _base(network: bool = False) -> list[str]:
     """The isolation, then (first, so that nothing bound later is covered) a minimal /dev, /proc, a private
     /tmp and /dev/shm, then the runtime; on CUDA the device nodes and a read-only /sys (the driver reads
-    it), and the hub's downloaded models, read-only (not HF_HOME: it holds the user's token)."""
+    it), and the hub's downloaded models, read-only (not HF_HOME: it holds the user's token). `network`:
+    the host's network is kept (no --unshare-net) and the files of /etc that DNS and TLS read are bound."""
     gpus = sorted(str(p) for p in Path("/dev").glob("nvidia*"))
-    args = [*_ISOLATION, "--dev", "/dev", "--proc", "/proc", "--tmpfs", TMP, "--tmpfs", "/dev/shm"]
+    isolation = [a for a in _ISOLATION if not (network and a == "--unshare-net")]
+    args = [*isolation, "--dev", "/dev", "--proc", "/proc", "--tmpfs", TMP, "--tmpfs", "/dev/shm"]
     args += _runtime() + [a for node in gpus for a in ("--dev-bind", node, node)] + (_ro("/sys") if gpus else [])
+    args += [a for name in NET_ETC for a in _ro(Path("/etc") / name)] if network else []
     return args + [a for model in sorted(_hub_cache().glob("models--*")) for a in _ro(model)]
 
 
@@ -252,9 +263,11 @@ def task_run_command(cmd: list[str], workspace: Path, run_dir: Path, files: list
 
 
 def task_eval_command(cmd: list[str], workspace: Path, data_dir: Path, candidate: Path, out_dir: Path,
-                      env: dict) -> list[str]:
+                      env: dict, network: bool = False) -> list[str]:
     """A task's frozen evaluator in the sandbox: the workspace (its own files, the run folder), the task's
-    data (hidden/ included) and the copy of the candidate's files, read-only; it writes only `out_dir`."""
-    args = ["bwrap", *_base(), *_ro(data_dir), *_ro(workspace), *_ro(candidate), "--bind", str(out_dir), str(out_dir)]
+    data (hidden/ included) and the copy of the candidate's files, read-only; it writes only `out_dir`.
+    `network` (task.toml's evaluate_network): the host's network, for a grader behind an endpoint."""
+    args = ["bwrap", *_base(network), *_ro(data_dir), *_ro(workspace), *_ro(candidate),
+            "--bind", str(out_dir), str(out_dir)]
     _private(env)
     return args + [*_SEAL, "--chdir", str(workspace), "--", *cmd]

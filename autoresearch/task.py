@@ -8,6 +8,10 @@ folder with a `task.toml` (README: "Writing a task").
                {"metric": float, "valid": bool, "reason": str, "metrics": {...}}
     metric, direction (minimize | maximize), rule (the keep rule's default), the search split and the
     hidden split (scored only for kept results), readable (frozen files the run may read), prepare
+    evaluate_network   true: the evaluator (never the run) may reach the network, e.g. a grader's endpoint
+    evaluate_env       variables passed from the user's environment to the evaluator only, when set
+    requires_env       variables that must be set (passed to the evaluator too): `run`, `loop` and `noise`
+                       stop before anything when one is missing, saying `requires_help`
 
 `load(folder)` reads and checks a task folder (TaskError, a clear line, on anything wrong); `of(root)` is
 the workspace's task (the GPT task when it has no task.toml). Nothing here runs anything.
@@ -35,7 +39,7 @@ SPLITS = ("val", "test")        # the search split and the hidden split (the nam
 RESULT_FILE = "result.json"     # what the evaluator writes, in the output folder the harness gives it
 KEYS = {"name", "description", "editable", "readable", "run", "evaluate", "metric", "direction", "rule",
         "budget", "startup", "hard_timeout", "eval_timeout", "prepare", "conceal", "search_split",
-        "hidden_split", "program"}
+        "hidden_split", "program", "evaluate_network", "evaluate_env", "requires_env", "requires_help"}
 
 # What the run and the evaluator are told, through the environment.
 RUN_DIR_ENV = "AUTORESEARCH_RUN_DIR"          # the run's folder (writable by the run, read-only to the evaluator)
@@ -44,10 +48,20 @@ CANDIDATE_ENV = "AUTORESEARCH_CANDIDATE_DIR"  # the evaluator: a copy of the can
 SPLIT_ENV = "AUTORESEARCH_SPLIT"              # the evaluator: "val" (the search split) or "test" (the hidden one)
 RESULT_ENV = "AUTORESEARCH_RESULT"            # the evaluator: where to write its JSON result
 SEED_ENV = "AUTORESEARCH_SEED"
+# What a task may not pass to its evaluator from the user's environment: the names the harness sets itself,
+# and those that change how programs load (the evaluator runs as `python -I`, but not only Python reads them).
+RESERVED_ENV = frozenset({RUN_DIR_ENV, DATA_ENV, CANDIDATE_ENV, SPLIT_ENV, RESULT_ENV, SEED_ENV, "PATH", "HOME",
+                          "TMPDIR", "AUTORESEARCH_CACHE", "AUTORESEARCH_OWNER", "AUTORESEARCH_WORKSPACE"})
+RESERVED_PREFIXES = ("LD_", "PYTHON")
 
 
 class TaskError(ValueError):
     """A task folder or file that cannot be used, or an evaluator that broke its contract."""
+
+
+class TaskUnready(TaskError):
+    """The task needs something of the user's environment that is not there (requires_env): a configuration
+    error, found before anything is committed or recorded."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +81,10 @@ class Task:
     prepare: tuple[str, ...] = ()
     conceal: tuple[str, ...] = ()
     description: str = ""
+    evaluate_network: bool = False
+    evaluate_env: tuple[str, ...] = ()
+    requires_env: tuple[str, ...] = ()
+    requires_help: str = ""
     folder: Path | None = None
     files: tuple[str, ...] = field(default=(), compare=False)   # the task folder's files (relative)
 
@@ -92,6 +110,21 @@ class Task:
     def deadline(self) -> float:
         """Launch -> the run has exited; past it the run is interrupted and is a `timeout`."""
         return self.startup + self.budget
+
+    @property
+    def private_env(self) -> tuple[str, ...]:
+        """The variables meant for the evaluator alone (an endpoint's URL, a key): never given to the run."""
+        return tuple(dict.fromkeys(self.requires_env + self.evaluate_env))
+
+    def evaluator_env(self, environ) -> dict:
+        """The part of `environ` this task passes to its evaluator: its private variables that are set."""
+        return {name: environ[name] for name in self.private_env if environ.get(name)}
+
+    def check_env(self, environ) -> None:
+        """TaskUnready when a variable of requires_env is unset or empty, saying what to set."""
+        if missing := [name for name in self.requires_env if not environ.get(name)]:
+            raise TaskUnready(f"the task {self.name} needs {' and '.join(missing)} set"
+                              + (f": {self.requires_help}" if self.requires_help else "") + "; nothing was run")
 
     def is_editable(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, glob) for glob in self.editable)
@@ -162,6 +195,19 @@ def _globs(raw: dict, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _names(raw: dict, key: str) -> tuple[str, ...]:
+    """A list of environment variable names, none of them one the harness sets or one that changes loading."""
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TaskError(f"task.toml: `{key}` must be a list of environment variable names, not {value!r}")
+    for v in value:
+        if not (v.replace("_", "a").isalnum() and v.isascii() and not v[0].isdigit()):
+            raise TaskError(f"task.toml: `{key}`: {v!r} is not an environment variable name")
+        if v in RESERVED_ENV or v.startswith(RESERVED_PREFIXES):
+            raise TaskError(f"task.toml: `{key}`: {v} is the harness's own (or changes how programs load)")
+    return tuple(value)
+
+
 def _script(folder: Path, argv: tuple[str, ...], what: str) -> None:
     """The scripts a command names (arguments ending in .py) must be files of the task folder."""
     for arg in argv[1:]:
@@ -217,13 +263,21 @@ def load(folder: Path) -> Task:
     conceal = _globs(raw, "conceal")
     budget = _seconds(raw, "budget", None)
     startup = _seconds(raw, "startup", 10.0)
+    network = raw.get("evaluate_network", False)
+    if not isinstance(network, bool):
+        raise TaskError(f"{path}: `evaluate_network` must be true or false, not {network!r}")
+    help_text = raw.get("requires_help", "")
+    if not isinstance(help_text, str):
+        raise TaskError(f"{path}: `requires_help` must be a string, not {help_text!r}")
     hard = _seconds(raw, "hard_timeout", startup + budget + 10.0)
     if hard < startup + budget:
         raise TaskError(f"{path}: hard_timeout {hard:g}s is shorter than startup + budget ({startup + budget:g}s)")
     return Task(name=name, metric=metric, direction=direction, editable=editable, readable=_globs(raw, "readable"),
                 run=run, evaluate=evaluate, rule=rule, budget=budget, startup=startup, hard_timeout=hard,
                 eval_timeout=_seconds(raw, "eval_timeout", max(60.0, 2 * budget)), prepare=prepare, conceal=conceal,
-                description=str(raw.get("description", "")), folder=folder, files=files)
+                description=str(raw.get("description", "")), evaluate_network=network,
+                evaluate_env=_names(raw, "evaluate_env"), requires_env=_names(raw, "requires_env"),
+                requires_help=help_text, folder=folder, files=files)
 
 
 def of(root: Path) -> Task:

@@ -285,6 +285,8 @@ def run_task(s: Session, run_dir: Path, log_path: Path, journal, seed: int | Non
                 CACHE_ENV: str(cache_dir()), procs.OWNER_ENV: str(root), "PYTHONUNBUFFERED": "1"})
     env.pop(PAUSE_ENV, None)
     env.pop(SEED_ENV, None)
+    for name in task.private_env:  # the grader's URL and key are the evaluator's, never the run's
+        env.pop(name, None)
     if seed is not None:
         env[SEED_ENV] = str(seed)
     cmd = list(task.run)
@@ -360,8 +362,9 @@ def measure_task(s: Session, run_dir: Path, log_path: Path, journal, seed: int |
 
 def evaluate_task(s: Session, run_dir: Path, split: str) -> dict:
     """The task's frozen evaluator on one run, in a fresh (sandboxed) process that sees the run folder and a
-    copy of the editable files: {"<split>_bpb": metric, "metrics": {...}} (the ledger's column names), or
-    {"error", "error_class"}: "wrong" when the evaluator judged the output incorrect (invalid), "eval-timeout".
+    copy of the editable files (the network and the task's own variables too, when its task.toml asks):
+    {"<split>_bpb": metric, "metrics": {...}} (the ledger's column names), or {"error", "error_class"}:
+    "wrong" when the evaluator judged the output incorrect (invalid), "eval-timeout".
     TaskError when the evaluator itself failed (a broken task, not a bad candidate)."""
     root, task = s.root, s.task
     with tempfile.TemporaryDirectory(prefix="autoresearch-task-eval-", ignore_cleanup_errors=True) as tmp:
@@ -373,14 +376,15 @@ def evaluate_task(s: Session, run_dir: Path, split: str) -> dict:
             shutil.copyfile(root / name, candidate / name)
         candidate.mkdir(exist_ok=True)
         result_path = out / tasks.RESULT_FILE
-        env = evaluator_env(home, {procs.OWNER_ENV: str(root), tasks.DATA_ENV: str(task.data_dir()),
-                                   tasks.RUN_DIR_ENV: str(run_dir), tasks.CANDIDATE_ENV: str(candidate),
-                                   tasks.SPLIT_ENV: split, tasks.RESULT_ENV: str(result_path)})
+        env = evaluator_env(home, task.evaluator_env(os.environ) | {
+            procs.OWNER_ENV: str(root), tasks.DATA_ENV: str(task.data_dir()), tasks.RUN_DIR_ENV: str(run_dir),
+            tasks.CANDIDATE_ENV: str(candidate), tasks.SPLIT_ENV: split, tasks.RESULT_ENV: str(result_path)})
         cmd = list(task.evaluate)
         if cmd[0] == sys.executable:
             cmd.insert(1, "-I")  # no script folder, no user site, no PYTHON* variables on its path
         if s.sandbox == "bwrap":
-            cmd = sandbox.task_eval_command(cmd, root, task.data_dir(), candidate, out, env)
+            cmd = sandbox.task_eval_command(cmd, root, task.data_dir(), candidate, out, env,
+                                             network=task.evaluate_network)
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=task.eval_timeout,
                                   cwd=root, stdin=subprocess.DEVNULL, start_new_session=True)

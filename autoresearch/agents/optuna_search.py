@@ -363,6 +363,9 @@ class OptunaAgent:
         except ImportError:
             raise AgentUnavailable("the optuna agent needs the optuna package: pip install optuna") from None
         train = self.root / self.file
+        if self.file != CANDIDATE and train.exists() and BEGIN not in train.read_text():
+            raise AgentUnavailable(f"{self.file} has no hyperparameter block (no line {BEGIN!r}): the optuna agent "
+                                   "tunes numeric constants and this task has none; use --agent openai or anthropic")
         if train.exists():  # a train.py whose markers are gone stops the loop before it starts
             try:
                 space_of(train.read_text())
