@@ -37,6 +37,7 @@ from . import layout, procs, sandbox, tripwire
 from . import task as tasks
 from .guard import Session
 from .harness.clock import CLOCK_FILE_ENV, TRAINING_ENDS_ENV
+from .harness.device import PEAK_FLOPS_ENV
 from .harness.paths import CACHE_ENV, cache_dir
 from .harness.protocol import (EXPORT_ONLY_ENV, INTEGRITY_ERRORS, RUN_DIR_ENV, SEED_ENV, SUBMIT_MARKER, evaluator_env,
                                run_evaluator)
@@ -47,14 +48,15 @@ POLL_SECONDS = 0.05
 PAUSE_ENV = "AUTORESEARCH_TEST_PAUSE"  # test seam: stop at a named phase so a test can SIGKILL us there
 
 
-# What train.py may see of the harness's environment: the interpreter's, the toolchain's, the accelerator's
-# and the harness's own settings. Anything else (an agent's API key, a cloud token) stays with the parent.
+# What train.py may see of the harness's environment: the interpreter's, the toolchain's and the accelerator's.
+# Of autoresearch's own variables only the peak-FLOPS setting: the ones a run needs (its folder, the cache, the
+# clock, the seed...) are set by the harness itself, and the others are the user's (an agent's model, a task
+# grader's key). Anything else (an agent's API key, a cloud token) stays with the parent.
 ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "SHELL",
                        "PYTHONPATH", "PYTHONHASHSEED", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH",
                        "CC", "CXX", "CUDA_HOME", "CUDA_PATH", "XDG_CACHE_HOME",
-                       "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HUGGINGFACE_HUB_CACHE"})
-ENV_PREFIXES = ("LC_", "AUTORESEARCH_", "CUDA_", "NVIDIA_", "TORCH", "PYTORCH_", "TRITON_", "NCCL_", "OMP_",
-                "MKL_", "KMP_", "OPENBLAS_")
+                       "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HUGGINGFACE_HUB_CACHE", PEAK_FLOPS_ENV})
+ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "TORCH", "PYTORCH_", "TRITON_", "NCCL_", "OMP_", "MKL_", "KMP_", "OPENBLAS_")
 
 
 def candidate_env(environ) -> dict:

@@ -125,7 +125,8 @@ for _what, _place in _places.items():
     return apply
 
 
-SECRET_NAMES = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN")
+SECRET_NAMES = ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN",
+                "AUTORESEARCH_GRADER_API_KEY", "AUTORESEARCH_MODEL")   # a task grader's key, an agent's model
 
 
 def read_secrets(text: str) -> str:
