@@ -714,12 +714,16 @@ TWO_FILES = {
         from scale import SCALE
         from step import OFFSET
 
-        X = 3.0
+        X = 2.0
 
         with open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "answer.json"), "w") as f:
             json.dump({"x": (X + OFFSET) * SCALE}, f)
         """,
-    "src/step.py": "OFFSET = 0.0\n",
+    "src/step.py": """\
+        # @autoresearch:hyperparameters-begin
+        OFFSET = 1.0
+        # @autoresearch:hyperparameters-end
+        """,
     "src/scale.py": "SCALE = 1.0\n",
     "score.py": """\
         import json, os
@@ -737,7 +741,8 @@ TWO_FILES = {
 @pytest.fixture
 def task_lab(tmp_path, monkeypatch) -> Path:
     """A user task whose editable files are guess.py and src/step.py (src/scale.py readable, score.py its
-    frozen evaluator): initialised, prepared and its baseline run (closeness -16), through the real CLI."""
+    frozen evaluator; only src/step.py has a hyperparameter block): initialised, prepared and its baseline
+    run (x = 3, closeness -16), through the real CLI."""
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "twofiles"
     for name, text in TWO_FILES.items():
@@ -779,7 +784,7 @@ def test_claude_on_a_task_edits_its_second_file_and_never_the_evaluator(task_lab
     assert (f"--allowedTools={rules.format('guess.py')},{rules.format('src/step.py')},Read(./src/scale.py)"
             in ClaudeCodeAgent(workspace=lab).command("claude"))
 
-    server = AnthropicStandIn(lab / "src" / "step.py", "OFFSET = 0.0", "OFFSET = 2.0", "DESCRIPTION: step by 2")
+    server = AnthropicStandIn(lab / "src" / "step.py", "OFFSET = 1.0", "OFFSET = 3.0", "DESCRIPTION: step by 2")
     servers.append(server)
     done = one_proposal(lab, "claude", "--base-url", server.url)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -792,12 +797,12 @@ def test_claude_on_a_task_edits_its_second_file_and_never_the_evaluator(task_lab
     assert "make closeness higher (maximize)" in asked and "Edit guess.py, src/step.py only" in asked
     assert not server.tool_results[0].get("is_error")
 
-    server = AnthropicStandIn(lab / "src" / "step.py", "OFFSET = 2.0", "OFFSET = -9.0", "DESCRIPTION: overshoot")
+    server = AnthropicStandIn(lab / "src" / "step.py", "OFFSET = 3.0", "OFFSET = -9.0", "DESCRIPTION: overshoot")
     servers.append(server)
     done = one_proposal(lab, "claude", "--base-url", server.url)
     assert done.returncode == 0, done.stdout + done.stderr
     assert rows(lab)[-1]["status"] == "discard" and committed(lab) == ["src/step.py"]
-    assert (lab / "src" / "step.py").read_text() == "OFFSET = 2.0\n" and git(lab, "status", "--porcelain") == ""
+    assert "OFFSET = 3.0" in (lab / "src" / "step.py").read_text() and git(lab, "status", "--porcelain") == ""
 
     # the frozen evaluator: Claude Code's own permissions refuse the edit, nothing runs or is committed
     evaluator = (lab / "score.py").read_text()
@@ -815,7 +820,7 @@ def test_codex_on_a_task_writes_only_its_editable_files(task_lab, servers, monke
     wrapper = fake_cli(tmp_path, "codex", f'printf "%s\\n" "$@" > {seen}\nexec {need("codex")} "$@"')
     monkeypatch.setenv("AUTORESEARCH_CODEX_BIN", str(wrapper))
     monkeypatch.setenv("OPENAI_API_KEY", "dummy")
-    server = ResponsesStandIn(update_patch("src/step.py", "OFFSET = 0.0", "OFFSET = 2.0"), "DESCRIPTION: step by 2")
+    server = ResponsesStandIn(update_patch("src/step.py", "OFFSET = 1.0", "OFFSET = 3.0"), "DESCRIPTION: step by 2")
     servers.append(server)
     done = one_proposal(lab, "codex", "--base-url", server.url + "/v1")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -865,13 +870,13 @@ def block(file: str, old: str, new: str) -> str:
 
 def test_openai_on_a_task_edits_both_files_in_one_commit_and_never_a_frozen_one(task_lab, servers):
     lab = task_lab
-    server = ChatStandIn("DESCRIPTION: guess 4, step 1\n" + block("guess.py", "X = 3.0", "X = 4.0")
-                         + block("./src/step.py", "OFFSET = 0.0", "OFFSET = 1.0"))
+    server = ChatStandIn("DESCRIPTION: guess 3, step 2\n" + block("guess.py", "X = 2.0", "X = 3.0")
+                         + block("./src/step.py", "OFFSET = 1.0", "OFFSET = 2.0"))
     servers.append(server)
     done = one_proposal(lab, "openai", "--base-url", server.url + "/v1", "--model", "m")
     assert done.returncode == 0, done.stdout + done.stderr
     kept = rows(lab)[-1]
-    assert (kept["status"], kept["agent"], kept["description"]) == ("keep", "openai", "guess 4, step 1")
+    assert (kept["status"], kept["agent"], kept["description"]) == ("keep", "openai", "guess 3, step 2")
     assert kept["val_bpb"] == pytest.approx(-4.0) and committed(lab) == ["guess.py", "src/step.py"]
     [(system, user)] = server.conversation()
     assert "FILE:" in system["content"] and "guess.py, src/step.py" in system["content"]
@@ -879,11 +884,20 @@ def test_openai_on_a_task_edits_both_files_in_one_commit_and_never_a_frozen_one(
 
     # a block for the evaluator spoils the whole reply: nothing applied, nothing committed
     evaluator = (lab / "score.py").read_text()
-    server = ChatStandIn("DESCRIPTION: grade myself\n" + block("guess.py", "X = 4.0", "X = 5.0")
+    server = ChatStandIn("DESCRIPTION: grade myself\n" + block("guess.py", "X = 3.0", "X = 4.0")
                          + block("score.py", evaluator.splitlines()[0], "import json, os  # mine"))
     servers.append(server)
     frontier = head(lab)
     last = refused_proposal(lab, one_proposal(lab, "openai", "--base-url", server.url + "/v1", "--model", "m"),
                             frontier, 2)
     assert "'score.py', which is not an editable file" in last["error"]
-    assert (lab / "score.py").read_text() == evaluator and "X = 4.0" in (lab / "guess.py").read_text()
+    assert (lab / "score.py").read_text() == evaluator and "X = 3.0" in (lab / "guess.py").read_text()
+
+
+def test_optuna_on_a_task_tunes_the_first_file_with_a_hyperparameter_block(task_lab):
+    lab = task_lab
+    done = one_proposal(lab, "optuna")
+    assert done.returncode == 0, done.stdout + done.stderr
+    tried = rows(lab)[-1]
+    assert tried["agent"] == "optuna" and tried["description"].startswith("optuna: OFFSET 1 -> ")
+    assert git(lab, "show", "--name-only", "--format=", tried["commit"]).split() == ["src/step.py"]
