@@ -91,12 +91,18 @@ def history(ledger: Ledger, branch: str, metric: str = "val_bpb") -> str:
     return "\n".join(lines)
 
 
+def editable(s: Session) -> list[str]:
+    """The files a proposal may change: train.py, or the task's editable files (the primary one first)."""
+    return [layout.CANDIDATE] if s.task.is_gpt else s.task.editable_files(s.root)
+
+
 def build_context(s: Session, failure: agents.Failure | None = None) -> agents.Context:
     root = s.root
-    return agents.Context(workspace=root, program=(root / layout.PROGRAM_MD).read_text(),
-                          train_py=(root / s.task.primary(root)).read_text(),
+    texts = {name: (root / name).read_text() for name in editable(s)}
+    primary = next(iter(texts))
+    return agents.Context(workspace=root, program=(root / layout.PROGRAM_MD).read_text(), train_py=texts[primary],
                           history=history(s.ledger, s.branch, s.task.metric), budget_seconds=s.budget, failure=failure,
-                          file=s.task.primary(root))
+                          file=primary, files=texts)
 
 
 def failure_of(root: Path, exp: Experiment, files: list[str] = (layout.CANDIDATE,)) -> agents.Failure:
@@ -217,7 +223,7 @@ def _loop(s: Session, agent, limits: Limits, rule: str, noise_runs: int, noise_e
                 break
             exp = outcome.experiment
             if exp.status in ("crash", "invalid") and exp.error_class in FIXABLE and limits.reached(done, started) is None:
-                fix_ctx = build_context(s, failure_of(s.root, exp, s.task.editable_files(s.root)))
+                fix_ctx = build_context(s, failure_of(s.root, exp, editable(s)))
                 outcome = _attempt(s, agent, fix_ctx, run, view, prefix="fix: ")
                 if isinstance(outcome, _Failed):
                     failures = _after_failure(outcome, failures, policy, view, done)
@@ -228,7 +234,7 @@ def _loop(s: Session, agent, limits: Limits, rule: str, noise_runs: int, noise_e
         if why:
             view.event("stopped", f"loop stopped: {why}")
     except KeyboardInterrupt:
-        _restore_frontier(s.root, [layout.CANDIDATE] if s.task.is_gpt else s.task.editable_files(s.root))
+        _restore_frontier(s.root, editable(s))
         view.event("interrupted", "loop interrupted: the workspace is on the frontier; run the loop again to resume")
     except LoopFailed as e:
         e.done = done
@@ -303,7 +309,8 @@ def _attempt(s: Session, agent, ctx: agents.Context, run, view: View, prefix: st
     try:
         proposal = agent.propose(ctx)
     except agents.AgentError as e:
-        (root / s.task.primary(root)).write_text(ctx.train_py)  # as before the attempt (an edit waiting there too)
+        for name, text in ctx.texts().items():  # every editable file as before the attempt
+            (root / name).write_text(text)
         attempt = _attempt_of(s, agent, e.spent, time.monotonic() - clock, e.kind, str(e), started)
         record_attempt(s, attempt, f"error ({e.kind}): {e}\n" + (f"\n--- reply\n{e.reply}\n" if e.reply else ""))
         refused = f" [refused: {attempt.refused}]" if attempt.refused else ""
@@ -311,8 +318,8 @@ def _attempt(s: Session, agent, ctx: agents.Context, run, view: View, prefix: st
         return _Failed(e, attempt)
     attempt = record_attempt(s, _attempt_of(s, agent, proposal, time.monotonic() - clock, "proposed", "", started),
                       proposal.reply or "(no reply text)\n")
-    if proposal.train_py is not None:
-        (root / s.task.primary(root)).write_text(proposal.train_py)
+    for name, text in proposal.texts(ctx.file).items():  # every file the proposal changes
+        (root / name).write_text(text)
     description = prefix + proposal.description
     tokens = (f", {proposal.input_tokens or 0:,} tokens in / {proposal.output_tokens or 0:,} out"
               if proposal.input_tokens is not None or proposal.output_tokens is not None else "")

@@ -135,7 +135,8 @@ class Task:
         return [p for p in _tracked(root) if self.is_editable(p)]
 
     def primary(self, root: Path) -> str:
-        """The file an agent edits (the first editable file): train.py for the GPT task."""
+        """The first editable file (train.py for the GPT task): the one an agent is shown first, and the one
+        a SEARCH/REPLACE block without a FILE line edits."""
         files = self.editable_files(root)
         return files[0] if files else self.editable[0]
 

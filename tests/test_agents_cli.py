@@ -1,5 +1,6 @@
 """The coding-agent CLI backends (claude, codex) running the REAL CLIs against scripted stand-in model servers
-on 127.0.0.1, plus their command lines, output parsing and check() without any CLI.
+on 127.0.0.1, plus their command lines, output parsing and check() without any CLI; and every backend that
+edits (claude, codex, openai) driven by the real `loop` on a user task with two editable files.
 
 The end-to-end tests need the CLIs installed (nothing is installed here): on PATH, or under
 $AUTORESEARCH_AGENT_CLIS/node_modules/.bin (default ~/.cache/autoresearch/agent-clis), e.g.
@@ -17,8 +18,10 @@ import os
 import re
 import socket
 import stat
+import textwrap
 import threading
 import time
+import tomllib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from autoresearch.agents.claude_code import ClaudeCodeAgent, parse_result, refus
 from autoresearch.agents.cli_tools import description_from
 from autoresearch.agents.codex_cli import CodexAgent, filesystem_rules, parse_events
 from autoresearch.guard import out_of_scope
-from conftest import agent_context
+from conftest import agent_context, rows, run_cli, table
 from autoresearch.git import git
 from autoresearch.workspace import init_workspace
 
@@ -687,3 +690,214 @@ def test_a_cli_that_fails_without_output_reports_its_stderr(name, cls, workspace
     with pytest.raises(AgentError) as info:
         cls(workspace=workspace, executable=str(cli)).propose(context(workspace))
     assert "unknown option --frobnicate" in str(info.value) and "exit 2" in str(info.value)
+
+
+# --------------------------------------------------------------------------- every backend on a task of two files
+
+TWO_FILES = {
+    "task.toml": """\
+        name = "guess2"
+        description = "put (X + OFFSET) * SCALE close to the hidden target"
+        editable = ["guess.py", "src/step.py"]
+        readable = ["src/scale.py"]
+        run = "python guess.py"
+        evaluate = "python score.py"
+        metric = "closeness"
+        direction = "maximize"
+        rule = "strict"
+        budget = 10
+        """,
+    "guess.py": """\
+        import json, os, sys
+        sys.dont_write_bytecode = True
+        sys.path.insert(0, "src")
+        from scale import SCALE
+        from step import OFFSET
+
+        X = 2.0
+
+        with open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "answer.json"), "w") as f:
+            json.dump({"x": (X + OFFSET) * SCALE}, f)
+        """,
+    "src/step.py": """\
+        # @autoresearch:hyperparameters-begin
+        OFFSET = 1.0
+        # @autoresearch:hyperparameters-end
+        """,
+    "src/scale.py": "SCALE = 1.0\n",
+    "score.py": """\
+        import json, os
+        TARGET = {"val": 7.0, "test": 6.5}[os.environ["AUTORESEARCH_SPLIT"]]
+        try:
+            x = json.load(open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "answer.json")))["x"]
+            result = {"valid": True, "metric": -(x - TARGET) ** 2, "metrics": {"x": x}}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            result = {"valid": False, "reason": f"no answer: {e}"}
+        json.dump(result, open(os.environ["AUTORESEARCH_RESULT"], "w"))
+        """,
+}
+
+
+@pytest.fixture
+def task_lab(tmp_path, monkeypatch) -> Path:
+    """A user task whose editable files are guess.py and src/step.py (src/scale.py readable, score.py its
+    frozen evaluator; only src/step.py has a hyperparameter block): initialised, prepared and its baseline
+    run (x = 3, closeness -16), through the real CLI."""
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "twofiles"
+    for name, text in TWO_FILES.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(textwrap.dedent(text))
+    lab = tmp_path / "lab"
+    for args, cwd in ((("init", str(lab), "--task", str(folder), "--tag", "t"), tmp_path), (("prepare",), lab),
+                      (("run", "-m", "baseline"), lab)):
+        done = run_cli(*args, cwd=cwd)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return lab
+
+
+def one_proposal(lab: Path, agent: str, *options: str):
+    """`autoresearch loop` for one experiment; a failed proposal stops it at once (exit 3)."""
+    return run_cli("loop", "--agent", agent, "--max-experiments", "1", "--max-failures", "1", "--backoff", "0",
+                   "--request-timeout", "120", *options, cwd=lab)
+
+
+def committed(lab: Path) -> list[str]:
+    return git(lab, "show", "--name-only", "--format=", "HEAD").split()
+
+
+def refused_proposal(lab: Path, done, frontier: str, experiments: int) -> dict:
+    """The loop stopped on a reply error, recorded it, and left no commit, no experiment and a clean tree."""
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert head(lab) == frontier and len(rows(lab)) == experiments
+    assert git(lab, "status", "--porcelain") == ""
+    last = table(lab, "proposals")[-1]
+    assert last["outcome"] == "reply" and last["experiment_id"] is None
+    return last
+
+
+def test_claude_on_a_task_edits_its_second_file_and_never_the_evaluator(task_lab, servers, monkeypatch):
+    lab = task_lab
+    monkeypatch.setenv("AUTORESEARCH_CLAUDE_BIN", need("claude"))
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "dummy")
+    rules = "Read(./{0}),Edit(./{0}),Write(./{0})"
+    assert (f"--allowedTools={rules.format('guess.py')},{rules.format('src/step.py')},Read(./src/scale.py)"
+            in ClaudeCodeAgent(workspace=lab).command("claude"))
+
+    server = AnthropicStandIn(lab / "src" / "step.py", "OFFSET = 1.0", "OFFSET = 3.0", "DESCRIPTION: step by 2")
+    servers.append(server)
+    done = one_proposal(lab, "claude", "--base-url", server.url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    kept = rows(lab)[-1]
+    assert (kept["status"], kept["agent"], kept["description"]) == ("keep", "claude", "step by 2")
+    assert kept["val_bpb"] == pytest.approx(-4.0) and committed(lab) == ["src/step.py"]
+    # the prompt shows both files and names the task's metric, not the GPT task's
+    asked = json.dumps(server.conversation_requests()[0]["body"]["messages"])
+    assert "The current src/step.py" in asked and "The current guess.py" in asked
+    assert "make closeness higher (maximize)" in asked and "Edit guess.py, src/step.py only" in asked
+    assert not server.tool_results[0].get("is_error")
+
+    server = AnthropicStandIn(lab / "src" / "step.py", "OFFSET = 3.0", "OFFSET = -9.0", "DESCRIPTION: overshoot")
+    servers.append(server)
+    done = one_proposal(lab, "claude", "--base-url", server.url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert rows(lab)[-1]["status"] == "discard" and committed(lab) == ["src/step.py"]
+    assert "OFFSET = 3.0" in (lab / "src" / "step.py").read_text() and git(lab, "status", "--porcelain") == ""
+
+    # the frozen evaluator: Claude Code's own permissions refuse the edit, nothing runs or is committed
+    evaluator = (lab / "score.py").read_text()
+    server = AnthropicStandIn(lab / "score.py", evaluator.splitlines()[0], "# I grade myself", "DESCRIPTION: x")
+    servers.append(server)
+    frontier = head(lab)
+    last = refused_proposal(lab, one_proposal(lab, "claude", "--base-url", server.url), frontier, 3)
+    assert "Edit score.py" in last["refused"] and "without changing guess.py or src/step.py" in last["error"]
+    assert (lab / "score.py").read_text() == evaluator
+
+
+def test_codex_on_a_task_writes_only_its_editable_files(task_lab, servers, monkeypatch, tmp_path):
+    lab = task_lab
+    seen = tmp_path / "codex-args"
+    wrapper = fake_cli(tmp_path, "codex", f'printf "%s\\n" "$@" > {seen}\nexec {need("codex")} "$@"')
+    monkeypatch.setenv("AUTORESEARCH_CODEX_BIN", str(wrapper))
+    monkeypatch.setenv("OPENAI_API_KEY", "dummy")
+    server = ResponsesStandIn(update_patch("src/step.py", "OFFSET = 1.0", "OFFSET = 3.0"), "DESCRIPTION: step by 2")
+    servers.append(server)
+    done = one_proposal(lab, "codex", "--base-url", server.url + "/v1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    kept = rows(lab)[-1]
+    assert (kept["status"], kept["agent"], kept["description"]) == ("keep", "codex", "step by 2")
+    assert committed(lab) == ["src/step.py"]
+
+    # the permission profile it was given: everything read-only but the editable files, inside src/ too
+    [given] = [a for a in seen.read_text().splitlines() if a.startswith("permissions.autoresearch.filesystem=")]
+    rules = tomllib.loads("t = " + given.split("=", 1)[1])["t"][":workspace_roots"]
+    assert rules["."] == "write"
+    for frozen in ("score.py", "task.toml", "program.md", ".git", "src/scale.py"):
+        assert rules[frozen] == "read", frozen
+    assert not {"guess.py", "src", "src/step.py"} & set(rules)
+
+    # so its patch of the read-only file beside the editable one in src/ is refused by Codex itself
+    server = ResponsesStandIn(update_patch("src/scale.py", "SCALE = 1.0", "SCALE = 1.4"), "DESCRIPTION: rescale")
+    servers.append(server)
+    frontier = head(lab)
+    refused_proposal(lab, one_proposal(lab, "codex", "--base-url", server.url + "/v1"), frontier, 2)
+    assert (lab / "src" / "scale.py").read_text() == "SCALE = 1.0\n"
+    assert "rejected" in json.dumps(server.tool_outputs)
+
+
+class ChatStandIn(StandIn):
+    """An OpenAI-compatible chat endpoint whose every answer is `reply`."""
+
+    def __init__(self, reply: str):
+        super().__init__()
+        self.reply = reply
+
+    def answer(self, method, path, body):
+        if method != "POST":
+            return 200, "application/json", json.dumps({"object": "list", "data": []}).encode()
+        return 200, "application/json", json.dumps({
+            "id": "chatcmpl-standin", "object": "chat.completion", "model": "chat-standin",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 300, "completion_tokens": 40}}).encode()
+
+    def conversation(self) -> list[dict]:
+        return [r["body"]["messages"] for r in self.requests if r["method"] == "POST"]
+
+
+def block(file: str, old: str, new: str) -> str:
+    return f"FILE: {file}\n<<<<<<< SEARCH\n{old}\n=======\n{new}\n>>>>>>> REPLACE\n"
+
+
+def test_openai_on_a_task_edits_both_files_in_one_commit_and_never_a_frozen_one(task_lab, servers):
+    lab = task_lab
+    server = ChatStandIn("DESCRIPTION: guess 3, step 2\n" + block("guess.py", "X = 2.0", "X = 3.0")
+                         + block("./src/step.py", "OFFSET = 1.0", "OFFSET = 2.0"))
+    servers.append(server)
+    done = one_proposal(lab, "openai", "--base-url", server.url + "/v1", "--model", "m")
+    assert done.returncode == 0, done.stdout + done.stderr
+    kept = rows(lab)[-1]
+    assert (kept["status"], kept["agent"], kept["description"]) == ("keep", "openai", "guess 3, step 2")
+    assert kept["val_bpb"] == pytest.approx(-4.0) and committed(lab) == ["guess.py", "src/step.py"]
+    [(system, user)] = server.conversation()
+    assert "FILE:" in system["content"] and "guess.py, src/step.py" in system["content"]
+    assert "The current guess.py" in user["content"] and "The current src/step.py" in user["content"]
+
+    # a block for the evaluator spoils the whole reply: nothing applied, nothing committed
+    evaluator = (lab / "score.py").read_text()
+    server = ChatStandIn("DESCRIPTION: grade myself\n" + block("guess.py", "X = 3.0", "X = 4.0")
+                         + block("score.py", evaluator.splitlines()[0], "import json, os  # mine"))
+    servers.append(server)
+    frontier = head(lab)
+    last = refused_proposal(lab, one_proposal(lab, "openai", "--base-url", server.url + "/v1", "--model", "m"),
+                            frontier, 2)
+    assert "'score.py', which is not an editable file" in last["error"]
+    assert (lab / "score.py").read_text() == evaluator and "X = 3.0" in (lab / "guess.py").read_text()
+
+
+def test_optuna_on_a_task_tunes_the_first_file_with_a_hyperparameter_block(task_lab):
+    lab = task_lab
+    done = one_proposal(lab, "optuna")
+    assert done.returncode == 0, done.stdout + done.stderr
+    tried = rows(lab)[-1]
+    assert tried["agent"] == "optuna" and tried["description"].startswith("optuna: OFFSET 1 -> ")
+    assert git(lab, "show", "--name-only", "--format=", tried["commit"]).split() == ["src/step.py"]

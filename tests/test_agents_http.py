@@ -14,7 +14,7 @@ import pytest
 from autoresearch import agents
 from autoresearch.agents import AgentError, AgentUnavailable, Context, Failure
 from autoresearch.agents.anthropic_api import DEFAULT_MODEL, AnthropicAgent
-from autoresearch.agents.edits import EDIT_INSTRUCTIONS, apply_edits, parse_reply
+from autoresearch.agents.edits import EDIT_INSTRUCTIONS, apply_edits, apply_file_edits, parse_edits, parse_reply
 from autoresearch.agents.openai_compat import OpenAIAgent
 
 TRAIN_PY = '''\
@@ -438,6 +438,39 @@ def test_parse_reply_reads_several_blocks_and_ignores_think_sections():
 def test_parse_reply_rejects_malformed_replies(reply, message):
     with pytest.raises(AgentError, match=message):
         parse_reply(reply)
+
+
+def test_file_lines_say_which_file_the_blocks_after_them_edit():
+    reply = ("DESCRIPTION: two files\n<<<<<<< SEARCH\nA = 1\n=======\nA = 2\n>>>>>>> REPLACE\n"
+             "**FILE:** `./src/b.py`\n<<<<<<< SEARCH\nB = 1\n=======\nB = 2\n>>>>>>> REPLACE\n"
+             "<<<<<<< SEARCH\nC = 1\n=======\nC = 3\n>>>>>>> REPLACE\n")
+    description, blocks = parse_edits(reply)
+    assert description == "two files"
+    assert blocks == [(None, "A = 1", "A = 2"), ("src/b.py", "B = 1", "B = 2"), ("src/b.py", "C = 1", "C = 3")]
+    sources = {"a.py": "A = 1\n", "src/b.py": "B = 1\nC = 1\n", "src/c.py": "D = 1\n"}
+    assert apply_file_edits(sources, blocks) == {"a.py": "A = 2\n", "src/b.py": "B = 2\nC = 3\n"}  # only changed
+    with pytest.raises(AgentError, match="block 2 of 2 names 'score.py', which is not an editable file"):
+        apply_file_edits(sources, [("a.py", "A = 1", "A = 2"), ("score.py", "X", "Y")])
+    with pytest.raises(AgentError, match="block 1 of 1: SEARCH starting 'B = 1' was not found in a.py"):
+        apply_file_edits(sources, [(None, "B = 1", "B = 2")])
+
+
+def test_a_reply_for_several_files_is_applied_to_each(server, tmp_path):
+    files = {"train.py": TRAIN_PY, "extra.py": "SCALE = 1.0\n"}
+    ctx = Context(workspace=tmp_path, program=PROGRAM, train_py=TRAIN_PY, history=HISTORY, budget_seconds=300.0,
+                  files=files)
+    server.script.append((200, openai_answer(GOOD_REPLY + "FILE: extra.py\n<<<<<<< SEARCH\nSCALE = 1.0\n=======\n"
+                                                          "SCALE = 2.0\n>>>>>>> REPLACE\n")))
+    proposal = openai_agent(server, tmp_path).propose(ctx)
+    assert proposal.files == {"train.py": GOOD_RESULT, "extra.py": "SCALE = 2.0\n"}
+    assert proposal.train_py == GOOD_RESULT and proposal.texts("train.py") == proposal.files
+    system, user = server.requests[0]["json"]["messages"]
+    assert "FILE:" in system["content"] and "train.py, extra.py" in system["content"]
+    assert "The current extra.py (the best so far):\n\n```python\nSCALE = 1.0" in user["content"]
+    # one file, as a task's context gives it: the prompt of a context without `files`, to the byte
+    one = Context(workspace=tmp_path, program=PROGRAM, train_py=TRAIN_PY, history=HISTORY, budget_seconds=300.0,
+                  files={"train.py": TRAIN_PY})
+    assert one.prompt() == context(tmp_path).prompt()
 
 
 def test_apply_edits_in_order_with_deletion_and_whitespace_fallback():

@@ -239,16 +239,23 @@ def test_task_load_checks(tmp_path):
 
 
 def test_agents_see_the_tasks_file(cache, tmp_path):
-    from autoresearch.agents import AgentUnavailable, Context
+    from autoresearch.agents import Context
     from autoresearch.agents.claude_code import ClaudeCodeAgent
+    from autoresearch.agents.cli_tools import CLI_INSTRUCTIONS, prompt_for_cli
+    from autoresearch.agents.codex_cli import filesystem_rules
     from autoresearch.agents.edits import EDIT_INSTRUCTIONS, edit_instructions
 
     lab = new_task_lab(tmp_path / "lab", "tabular")
     ctx = Context(workspace=lab, program="p", train_py="C = 1.0\n", history="", budget_seconds=30, file="model.py")
     assert "The current model.py" in ctx.prompt() and "train.py" not in ctx.prompt()
     assert "train.py" not in edit_instructions("model.py") and edit_instructions("train.py") == EDIT_INSTRUCTIONS
-    with pytest.raises(AgentUnavailable, match="train.py only"):
-        ClaudeCodeAgent(workspace=lab).check()
+    # the CLI agents are limited to the task's file and told its metric (tests/test_agents_cli.py runs them)
+    cli_prompt = prompt_for_cli(ctx)
+    assert CLI_INSTRUCTIONS not in cli_prompt and "train.py" not in cli_prompt and "val_bpb" not in cli_prompt
+    assert "make log_loss lower (minimize)" in cli_prompt and "Edit model.py only" in cli_prompt
+    [rules] = [a for a in ClaudeCodeAgent(workspace=lab).command("claude") if a.startswith("--allowedTools=")]
+    assert rules == "--allowedTools=Read(./model.py),Edit(./model.py),Write(./model.py),Read(./fit.py)"
+    assert '"model.py"' not in filesystem_rules(lab) and '"evaluate.py" = "read"' in filesystem_rules(lab)
     done = run_cli("swarm", "--workers", "1", "--max-experiments", "1", cwd=lab)
     assert done.returncode == 1 and "the swarm runs the GPT task" in done.stderr
 

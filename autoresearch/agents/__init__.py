@@ -4,8 +4,8 @@ no backend imports another (what several share: `base.py`, `http.py`, `edits.py`
     optuna     offline default: TPE over the constants of train.py's hyperparameter block (no model, no network)
     openai     any OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp server, OpenAI)
     anthropic  the Anthropic Messages API
-    claude     Claude Code CLI, headless, allowed to edit train.py only
-    codex      Codex CLI (`codex exec`), in the workspace
+    claude     Claude Code CLI, headless, allowed to edit train.py only (a task's editable files only)
+    codex      Codex CLI (`codex exec`), in the workspace, everything read-only but train.py (a task's editable files)
     module:Class   your own backend: any importable class with the interface of `base.Agent`
 """
 

@@ -4,7 +4,8 @@
     model     --model, else $AUTORESEARCH_MODEL, else DEFAULT_MODEL
     key       $ANTHROPIC_API_KEY (always required)
 
-The model answers with search/replace edits (see `edits.py`); the harness applies them to train.py.
+The model answers with search/replace edits (see `edits.py`); the harness applies them to train.py
+(a task's editable files: several are shown and edited by name).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class AnthropicAgent:
         body: dict = {
             "model": self.model,
             "max_tokens": self.max_tokens,
-            "system": edit_instructions(context.file),
+            "system": edit_instructions(list(context.texts())),
             "messages": [{"role": "user", "content": context.prompt()}],
         }
         if self.temperature is not None:
@@ -77,7 +78,7 @@ class AnthropicAgent:
             raise AgentError(f"the model returned no text (stop_reason {data.get('stop_reason')!r})")
         usage = data.get("usage") or {}
         cut_off = f"max_tokens={self.max_tokens}" if data.get("stop_reason") == "max_tokens" else None
-        return proposal_from_reply(text, context.train_py, model=self.model, input_tokens=usage.get("input_tokens"),
+        return proposal_from_reply(text, context, model=self.model, input_tokens=usage.get("input_tokens"),
                                    output_tokens=usage.get("output_tokens"), seconds=time.monotonic() - started,
                                    cut_off=cut_off, served_model=data.get("model"))
 

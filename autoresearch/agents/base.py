@@ -1,9 +1,10 @@
 """The one interface every agent backend implements, and the context it is given.
 
-An agent proposes; the harness disposes. `propose(context)` returns a Proposal: either the new text of
-train.py (backends that answer with edits, applied by the harness) or nothing, for backends that edit the
-workspace themselves (coding-agent CLIs). Either way the next step is `autoresearch run`, whose guard
-decides what may run. `observe(experiment)` lets a backend learn from every recorded result.
+An agent proposes; the harness disposes. `propose(context)` returns a Proposal: either the new texts of
+the files it changes (train.py, or a task's editable files: backends that answer with edits, applied by
+the harness) or nothing, for backends that edit the workspace themselves (coding-agent CLIs). Either way
+the next step is `autoresearch run`, whose guard decides what may run. `observe(experiment)` lets a
+backend learn from every recorded result.
 
 Backends declare, the base resolves: a backend that talks to a model names its variables in an Endpoint
 (base URL, key, default model), and every one of them resolves the flag, the environment and the default
@@ -70,16 +71,29 @@ class Context:
     budget_seconds: float
     failure: Failure | None = None
     file: str = "train.py"  # the file train_py holds: a task's first editable file (task.py)
+    files: dict[str, str] = field(default_factory=dict)  # every editable file: name -> text, `file` first
+
+    def texts(self) -> dict[str, str]:
+        """The editable files the agent is shown, name -> text (the primary file first)."""
+        return self.files or {self.file: self.train_py}
 
     def prompt(self) -> str:
-        """The text a language-model backend is given (the same for every backend)."""
+        """The text a language-model backend is given (the same for every backend). With one editable file
+        it names that file; with several, every one is shown under its own name."""
+        texts = self.texts()
+        if len(texts) == 1:
+            what, shown = self.file, [f"The current {self.file} (the best so far):",
+                                      "```python\n" + self.train_py + "\n```"]
+        else:
+            what, shown = "the files " + ", ".join(texts), []
+            for name, text in texts.items():
+                shown += [f"The current {name} (the best so far):", f"```{_language(name)}\n" + text + "\n```"]
         parts = [
-            f"You are improving {self.file} in an autoresearch workspace. Instructions from the human (program.md):",
+            f"You are improving {what} in an autoresearch workspace. Instructions from the human (program.md):",
             self.program.strip(),
             "History of experiments on this branch (most recent last):",
             self.history.strip() or "(none yet: the next run is the baseline)",
-            f"The current {self.file} (the best so far):",
-            "```python\n" + self.train_py + "\n```",
+            *shown,
         ]
         if self.failure is not None:
             f = self.failure
@@ -92,10 +106,17 @@ class Context:
         return "\n\n".join(parts)
 
 
+def _language(name: str) -> str:
+    """A code fence's language for a file shown in the prompt (none when the suffix says nothing)."""
+    return {".py": "python", ".toml": "toml", ".json": "json", ".md": "markdown", ".sh": "bash"}.get(
+        Path(name).suffix, "")
+
+
 @dataclass
 class Proposal:
     description: str
-    train_py: str | None = None        # None: the backend edited the workspace itself
+    train_py: str | None = None        # the primary file's new text; None: the backend edited the workspace itself
+    files: dict[str, str] | None = None   # the new text of every file it changes (None: train_py's file only)
     model: str = ""                    # as the server reported it, else as requested
     input_tokens: int | None = None
     output_tokens: int | None = None
@@ -105,6 +126,13 @@ class Proposal:
     reply: str = ""                    # what the agent answered, kept under runs/proposals/
     refused: list[str] = field(default_factory=list)   # "Tool path" of each edit the agent was refused
     extra: dict = field(default_factory=dict)
+
+    def texts(self, primary: str) -> dict[str, str]:
+        """Name -> new text of each file to write (`primary` is the file train_py holds); empty when the
+        backend edited the workspace itself."""
+        if self.files is not None:
+            return self.files
+        return {} if self.train_py is None else {primary: self.train_py}
 
 
 class Agent(Protocol):

@@ -1,4 +1,5 @@
-"""Claude Code (the `claude` CLI), run headless in the workspace and allowed to edit train.py only.
+"""Claude Code (the `claude` CLI), run headless in the workspace and allowed to edit train.py only (on a
+task workspace: the task's editable files only).
 
     executable  $AUTORESEARCH_CLAUDE_BIN, else `claude` on PATH (npm install -g @anthropic-ai/claude-code)
     key         $ANTHROPIC_API_KEY or $ANTHROPIC_AUTH_TOKEN (or CLAUDE_CODE_OAUTH_TOKEN, or Bedrock/Vertex/Foundry
@@ -15,10 +16,12 @@ One proposal is one `claude -p` run with the shared prompt on stdin, in the work
 
 `--tools` leaves it only the file tools (no shell, no web); in `dontAsk` mode anything not allowed by a rule is
 refused without a prompt, and the only write rules name ./train.py, so an edit of any other file is denied
-by Claude Code itself. `--restricted` makes it ignore the user's and the project's settings files, whose
-allow rules would otherwise widen these (it also keeps the file tools inside the workspace). Reading stays
-possible inside the workspace only. Claude Code edits the file itself, so the Proposal carries no text
-(train_py=None); the harness guard still checks that nothing but train.py changed before anything runs.
+by Claude Code itself. On a task workspace the rules name each editable file instead (`Read(./f)`,
+`Edit(./f)`, `Write(./f)` for each) and add `Read(./f)` for each of the task's `readable` files.
+`--restricted` makes it ignore the user's and the project's settings files, whose allow rules would
+otherwise widen these (it also keeps the file tools inside the workspace). Reading stays possible inside the
+workspace only. Claude Code edits the files itself, so the Proposal carries no text (train_py=None); the
+harness guard still checks that nothing but the editable files changed before anything runs.
 
 Tested with Claude Code 2.1.330 (older versions may lack `--restricted` or the `dontAsk` mode). What it
 shares with the Codex backend (the prompt's instructions, the DESCRIPTION line, running a CLI with a
@@ -29,14 +32,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
 from .. import task as tasks
-from ..layout import CANDIDATE
 from . import http
 from .base import CONFIG, REPLY, TRANSIENT, AgentError, AgentUnavailable, Context, Endpoint, Proposal, as_float, as_int
-from .cli_tools import description_from, find_executable, prompt_for_cli, require_some_change, run_cli
+from .cli_tools import (description_from, editable_files, find_executable, prompt_for_cli, require_some_change,
+                        run_cli)
 from .http import excerpt
 
 BIN_ENV = "AUTORESEARCH_CLAUDE_BIN"
@@ -45,7 +49,16 @@ ENDPOINT = Endpoint(base_url_env="ANTHROPIC_BASE_URL", key_env="ANTHROPIC_API_KE
                     other_credentials=("ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "CLAUDE_CODE_USE_BEDROCK",
                                        "CLAUDE_CODE_USE_VERTEX", "CLAUDE_CODE_USE_FOUNDRY"))
 DEFAULT_TIMEOUT = 1800.0
-ALLOWED_RULES = f"Read(./{CANDIDATE}),Edit(./{CANDIDATE}),Write(./{CANDIDATE})"
+PLAIN_PATH = re.compile(r"[A-Za-z0-9._/-]+")   # a path a permission rule can name as it is
+
+
+def allowed_rules(root: Path | None) -> str:
+    """The allow rules: read, edit and write each editable file; read the task's `readable` files."""
+    task = tasks.of(root) if root is not None else tasks.GPT_TASK
+    files = editable_files(root)
+    readable = [] if task.is_gpt else [f for f in task.readable_files(root) if f not in files]
+    return ",".join([f"{tool}(./{f})" for f in files for tool in ("Read", "Edit", "Write")]
+                    + [f"Read(./{f})" for f in readable])
 
 
 class ClaudeCodeAgent:
@@ -66,9 +79,10 @@ class ClaudeCodeAgent:
         return find_executable(self.executable or os.environ.get(BIN_ENV), "claude", BIN_ENV, INSTALL_HINT)
 
     def check(self) -> None:
-        if self.workspace is not None and not tasks.of(self.workspace).is_gpt:
-            raise AgentUnavailable("the claude agent is allowed to edit train.py only, and this workspace's task edits "
-                                   "other files: use --agent optuna, openai or anthropic")
+        odd = [f for f in editable_files(self.workspace) if not PLAIN_PATH.fullmatch(f)]
+        if odd:  # a permission rule reads such a name as a pattern or as two rules
+            raise AgentUnavailable(f"the claude agent cannot be limited to {', '.join(odd)}: its permission rules "
+                                   "take paths of letters, digits and . _ / - only (rename the file)")
         self._binary()
         if not ENDPOINT.has_credentials():
             raise AgentUnavailable("Claude Code has no credentials here: set ANTHROPIC_API_KEY (or "
@@ -76,11 +90,12 @@ class ClaudeCodeAgent:
         if self.base_url:  # a server of one's own may be down; the CLI would only retry until it gives up
             http.probe(f"{self.base_url}/v1/models", {}, timeout=self.check_timeout, what="the Anthropic API server")
 
-    def command(self, binary: str) -> list[str]:
-        """The command line of one proposal (the prompt goes to stdin)."""
+    def command(self, binary: str, root: Path | None = None) -> list[str]:
+        """The command line of one proposal in workspace `root` (the agent's by default; the prompt goes
+        to stdin)."""
         cmd = [binary, "-p", "--output-format", "json", "--restricted", "--no-session-persistence",
-               "--tools=Read,Edit,Write", f"--allowedTools={ALLOWED_RULES}", "--disallowedTools=Bash",
-               "--permission-mode", "dontAsk"]
+               "--tools=Read,Edit,Write", f"--allowedTools={allowed_rules(root or self.workspace)}",
+               "--disallowedTools=Bash", "--permission-mode", "dontAsk"]
         if self.model:
             cmd += ["--model", self.model]
         return cmd
@@ -97,7 +112,7 @@ class ClaudeCodeAgent:
         binary = self._binary()
         root = Path(self.workspace or context.workspace)
         started = time.monotonic()
-        run = run_cli(self.command(binary), prompt_for_cli(context), root, self.environment(), self.timeout,
+        run = run_cli(self.command(binary, root), prompt_for_cli(context), root, self.environment(), self.timeout,
                       what="claude")
         result = parse_result(run.stdout)
         if result is None:

@@ -1,6 +1,8 @@
 """What the two coding-agent CLI backends share (`claude_code.py`, `codex_cli.py`).
 
-    prompt_for_cli        the shared prompt plus the instructions for a CLI that edits train.py itself
+    editable_files        the files a CLI may edit: train.py, or the task's editable files
+    prompt_for_cli        the shared prompt plus the instructions for a CLI that edits those files itself
+                          (the GPT task's CLI_INSTRUCTIONS; a task's name its files and its metric)
     description_from      the DESCRIPTION line of the CLI's final message
     find_executable       the CLI to run, or AgentUnavailable saying how to install it
     run_cli               one run with the prompt on stdin; past the timeout its whole process group ends
@@ -19,6 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import task as tasks
 from ..git import git
 from ..layout import CANDIDATE
 from .base import TRANSIENT, AgentError, AgentUnavailable, Context
@@ -35,12 +38,39 @@ train.py in the current directory directly with your file-editing tool.
 - When you are done, end your final message with one line of the form
   DESCRIPTION: <one short line saying what you changed and why>"""
 
+TASK_CLI_INSTRUCTIONS = """\
+What to do now: make ONE focused change to {files} that you expect to make {metric} {better} ({direction}), \
+by editing the file(s) in the current directory directly with your file-editing tool.
+- Edit {files} only. Do not create, edit, move or delete any other file: such edits are refused, and a
+  change outside these files gets the whole experiment rejected.
+- Do not run the task's program or start any run or evaluation: the harness runs it after you finish,
+  under its fixed time budget, and scores it with its frozen evaluator.
+- Keep the code complete and runnable.
+- When you are done, end your final message with one line of the form
+  DESCRIPTION: <one short line saying what you changed and why>"""
+
 DESCRIPTION_RE = re.compile(r"^[\s>*_`#-]*DESCRIPTION[*_`]*\s*:[*_`]*\s*(.+?)\s*$", re.I | re.M)
 MAX_DESCRIPTION = 200
 
 
+def editable_files(root: Path | None) -> list[str]:
+    """What a CLI agent may edit in workspace `root`: train.py for the GPT task (and when there is no
+    workspace), else the task's editable files (those git tracks that match its globs)."""
+    task = tasks.of(root) if root is not None else tasks.GPT_TASK
+    return [CANDIDATE] if task.is_gpt else task.editable_files(root)
+
+
+def cli_instructions(root: Path | None) -> str:
+    """What the CLI is told to do: CLI_INSTRUCTIONS for the GPT task, a task's files and metric otherwise."""
+    task = tasks.of(root) if root is not None else tasks.GPT_TASK
+    if task.is_gpt:
+        return CLI_INSTRUCTIONS
+    return TASK_CLI_INSTRUCTIONS.format(files=", ".join(editable_files(root)), metric=task.metric,
+                                        better=task.better, direction=task.direction)
+
+
 def prompt_for_cli(context: Context) -> str:
-    return context.prompt() + "\n\n" + CLI_INSTRUCTIONS + "\n"
+    return context.prompt() + "\n\n" + cli_instructions(context.workspace) + "\n"
 
 
 def description_from(text: str) -> str:
@@ -113,9 +143,10 @@ def _end_group(proc: subprocess.Popen) -> None:
 
 
 def require_some_change(root: Path, context: Context, what: str) -> None:
-    """An agent that changed nothing at all produced no experiment (an unchanged train.py would only rerun
-    the frontier). Changes to other files are left for the harness guard to reject and put aside."""
-    train = root / CANDIDATE
-    current = train.read_text() if train.exists() else None
-    if current == context.train_py and not git(root, "status", "--porcelain", check=False).strip():
-        raise AgentError(f"{what} finished without changing {CANDIDATE}")
+    """An agent that changed nothing at all produced no experiment (unchanged editable files would only
+    rerun the frontier). Changes to other files are left for the harness guard to reject and put aside."""
+    texts = context.texts()
+    unchanged = all(((root / name).read_text() if (root / name).exists() else None) == text
+                    for name, text in texts.items())
+    if unchanged and not git(root, "status", "--porcelain", check=False).strip():
+        raise AgentError(f"{what} finished without changing {' or '.join(texts)}")

@@ -19,11 +19,13 @@ never asking for approval, under a permission profile made for the run:
 
 Codex cannot be limited to a single file: a writable root must be a directory (a file there crashes its
 sandbox setup), and globs may only deny. So the profile makes the workspace writable and every entry already
-in it other than train.py read-only: its patch tool refuses to touch them, and commands it runs meet a
-read-only file system there (the network is off for them). What it can still do is create new files; those
-are caught by the harness guard (`experiment.out_of_scope`), which rejects the experiment before anything
-runs and puts the changes aside. Note: a `sandbox_mode` in the user's Codex config.toml makes Codex use
-that older setting instead of permission profiles; the guard then remains the only enforcement.
+in it other than train.py read-only (on a task workspace: every entry other than the task's editable files,
+looking inside each folder that holds one, so `src/a.py` editable leaves `src/b.py` read-only): its patch
+tool refuses to touch them, and commands it runs meet a read-only file system there (the network is off
+for them). What it can still do is create new files (in such a folder too); those are caught by the
+harness guard (`experiment.out_of_scope`), which rejects the experiment before anything runs and puts the
+changes aside. Note: a `sandbox_mode` in the user's Codex config.toml makes Codex use that older setting
+instead of permission profiles; the guard then remains the only enforcement.
 
 Codex edits the files itself, so the Proposal carries no text (train_py=None). Tested with codex-cli 0.169.0
 (permission profiles need 0.138 or later).
@@ -41,11 +43,10 @@ import tomllib
 from pathlib import Path
 
 from ..harness.paths import cache_dir
-from .. import task as tasks
-from ..layout import CANDIDATE
 from . import http
 from .base import CONFIG, TRANSIENT, AgentError, AgentUnavailable, Context, Endpoint, Proposal, as_int
-from .cli_tools import description_from, find_executable, prompt_for_cli, require_some_change, run_cli
+from .cli_tools import (description_from, editable_files, find_executable, prompt_for_cli, require_some_change,
+                        run_cli)
 from .http import excerpt
 
 BIN_ENV = "AUTORESEARCH_CODEX_BIN"
@@ -74,9 +75,6 @@ class CodexAgent:
         return find_executable(self.executable or os.environ.get(BIN_ENV), "codex", BIN_ENV, INSTALL_HINT)
 
     def check(self) -> None:
-        if self.workspace is not None and not tasks.of(self.workspace).is_gpt:
-            raise AgentUnavailable("the codex agent is allowed to edit train.py only, and this workspace's task edits "
-                                   "other files: use --agent optuna, openai or anthropic")
         self._binary()
         if self.base_url:  # Codex waits for an unreachable server indefinitely ("waiting for network")
             key = ENDPOINT.key()
@@ -230,12 +228,24 @@ def stderr_gist(stderr: str) -> str:
 
 
 def filesystem_rules(root: Path) -> str:
-    """The profile's filesystem table, as TOML: read everywhere, write in the workspace except for
-    every entry already there other than train.py."""
+    """The profile's filesystem table, as TOML: read everywhere, write in the workspace except for every
+    entry already there other than the editable files (train.py). A folder that holds an editable file is
+    not itself read-only: its other entries are, one by one, down to the file."""
+    editable = set(editable_files(root))
     inside = {".": "write"}
-    for entry in sorted(os.listdir(root)):
-        if entry != CANDIDATE:
-            inside[entry] = "read"
+
+    def walk(folder: str) -> None:
+        for entry in sorted(os.listdir(root / folder)):
+            path = f"{folder}/{entry}" if folder else entry
+            if path in editable:
+                continue
+            if (root / path).is_dir() and not (root / path).is_symlink() and \
+                    any(f.startswith(path + "/") for f in editable):
+                walk(path)
+            else:
+                inside[path] = "read"
+
+    walk("")
     return _toml({":root": "read", ":workspace_roots": inside})
 
 

@@ -5,7 +5,8 @@
     model     --model, else $AUTORESEARCH_MODEL (no default: local servers name their models differently)
     key       $OPENAI_API_KEY, sent as a Bearer token when set; required only by api.openai.com
 
-The model answers with search/replace edits (see `edits.py`); the harness applies them to train.py.
+The model answers with search/replace edits (see `edits.py`); the harness applies them to train.py
+(a task's editable files: several are shown and edited by name).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class OpenAIAgent:
         body: dict = {
             "model": self.model,
             "messages": [
-                {"role": "system", "content": edit_instructions(context.file)},
+                {"role": "system", "content": edit_instructions(list(context.texts()))},
                 {"role": "user", "content": context.prompt()},
             ],
         }
@@ -88,7 +89,7 @@ class OpenAIAgent:
             raise AgentError(f"the model returned no text (finish_reason {choice.get('finish_reason')!r})")
         usage = data.get("usage") or {}
         cut_off = "the token limit" if choice.get("finish_reason") == "length" else None
-        return proposal_from_reply(text, context.train_py, model=self.model, input_tokens=usage.get("prompt_tokens"),
+        return proposal_from_reply(text, context, model=self.model, input_tokens=usage.get("prompt_tokens"),
                                    output_tokens=usage.get("completion_tokens"), seconds=time.monotonic() - started,
                                    cut_off=cut_off, served_model=data.get("model"))
 

@@ -355,7 +355,7 @@ class OptunaAgent:
         self.seed = seed
         self._study = None
         self.task = tasks.of(self.root)
-        self.file = self.task.primary(self.root)   # train.py, or the first editable file of a task
+        self.file = tuned_file(self.root, self.task)   # train.py, or a task's first file with the block
 
     def check(self) -> None:
         try:
@@ -444,7 +444,8 @@ class OptunaAgent:
 
     def propose(self, context: Context) -> Proposal:
         t0 = time.monotonic()
-        current = read_constants(context.train_py)  # first: a frontier without its block asks for no trial
+        source = context.texts().get(self.file, context.train_py)
+        current = read_constants(source)  # first: a frontier without its block asks for no trial
         self.study()
         if self._pending():  # proposed but never recorded (e.g. the loop was killed)
             self._record_pending(None, "crash", "interrupted", None)
@@ -477,8 +478,10 @@ class OptunaAgent:
                              "widen the search by editing train.py's hyperparameter block by hand")
         values = {**frontier, **changes}
         self._set_pending({"params": values})
+        new = write_constants(source, changes)
         return Proposal(description=f"optuna: {describe(current, changes, space)}; {how}",
-                        train_py=write_constants(context.train_py, changes),
+                        train_py=new if self.file == context.file else context.train_py,
+                        files={self.file: new},
                         model="optuna-tpe" if how.startswith("tpe") else "optuna-local",
                         cost_usd=0.0,  # no model, no tokens: known to cost nothing
                         reply="\n".join(f"{k} = {v!r}" for k, v in changes.items()) + "\n",
@@ -550,6 +553,17 @@ class OptunaAgent:
             params=params, distributions=dists, value=value,
             state=TrialState.COMPLETE if value is not None else TrialState.FAIL,
             user_attrs={"experiment": experiment, "status": status, "error_class": error}))
+
+
+def tuned_file(root: Path, task: tasks.Task) -> str:
+    """The file whose hyperparameter block is tuned: train.py, or the first editable file of a task that
+    has a BEGIN line (else its first editable file, whose missing block check() then reports)."""
+    if task.is_gpt:
+        return CANDIDATE
+    for name in task.editable_files(root):
+        if (root / name).is_file() and _marker((root / name).read_text(), BEGIN) is not None:
+            return name
+    return task.primary(root)
 
 
 def _key(params: dict) -> tuple:
