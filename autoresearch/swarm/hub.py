@@ -146,7 +146,7 @@ class Hub:
     def history(self) -> str:
         """The agents' history table, rebuilt only when an experiment has finished since."""
         if self._history is None or self._history[0] != self.done:
-            self._history = (self.done, history(self.ledger, self.branch))
+            self._history = (self.done, history(self.ledger, self.branch, self.task.metric))
         return self._history[1]
 
     # -- what a worker does next -----------------------------------------------------------------

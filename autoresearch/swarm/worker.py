@@ -116,9 +116,10 @@ class Worker:
         self._checkout(job["parent"], job["files"])
         failure = agents.Failure(**job["failure"]) if job.get("failure") else None
         primary = self.session.task.primary(self.root)
-        ctx = agents.Context(workspace=self.root, program=job["program"], train_py=job["files"][primary],
+        texts = {primary: job["files"][primary], **job["files"]}   # the primary file first
+        ctx = agents.Context(workspace=self.root, program=job["program"], train_py=texts[primary],
                              history=job["history"], budget_seconds=self.session.budget,
-                             failure=failure, file=primary)
+                             failure=failure, file=primary, files=texts)
         clock = time.monotonic()
         try:
             proposal = self.agent.propose(ctx)
@@ -126,9 +127,7 @@ class Worker:
             spent = asdict(e.spent) if e.spent is not None else None
             return {"error": str(e), "kind": e.kind, "reply": e.reply, "retry_after": e.retry_after,
                     "spent": spent, "seconds": round(time.monotonic() - clock, 3)}
-        if proposal.train_py is not None:
-            (self.root / primary).write_text(proposal.train_py)
-        self._write(getattr(proposal, "files", None) or {})
+        self._write(proposal.texts(primary))
         out = {"proposal": asdict(proposal), "seconds": round(time.monotonic() - clock, 3)}
         if offending := out_of_scope(self.root, "HEAD", self.session.task):
             out["rejected"] = offending
