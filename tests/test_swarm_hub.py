@@ -4,6 +4,8 @@ numbers are given), so every outcome is deterministic; tests/test_swarm.py runs 
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from autoresearch.git import git
@@ -217,3 +219,31 @@ def test_a_change_whose_run_was_lost_may_be_tried_again(hub):
     again = propose(hub, w1, "MATRIX_LR = 0.04", "MATRIX_LR = 0.05", "A again")
     assert again is not None and again["kind"] == "experiment"
     assert hub.ledger.attempts(hub.branch)[-1].outcome == "proposed"
+
+
+def test_a_candidate_of_several_files_is_committed_at_any_depth_and_merged_file_by_file(tmp_path):
+    from autoresearch.git import commit_files, show_file
+    from autoresearch.swarm.hub import _merge
+
+    repo = tmp_path / "repo"
+    (repo / "src").mkdir(parents=True)
+    for name, text in (("a.py", "A = 1\n"), ("src/b.py", "B = 1\n#\n#\nC = 1\n"), ("src/keep.py", "K = 1\n")):
+        (repo / name).write_text(text)
+    (repo / "src" / "run.sh").write_text("#!/bin/sh\n")
+    (repo / "src" / "run.sh").chmod(0o755)
+    git_ = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True, text=True).stdout  # noqa: E731
+    git_("init", "-q")
+    git_("-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
+    git_("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base")
+    parent = git_("rev-parse", "HEAD").strip()
+    status = git_("status", "--porcelain")
+    commit = commit_files(repo, parent, {"a.py": "A = 2\n", "src/b.py": "B = 2\n#\n#\nC = 1\n"}, "two files")
+    assert show_file(repo, commit, "a.py") == b"A = 2\n" and show_file(repo, commit, "src/b.py") == b"B = 2\n#\n#\nC = 1\n"
+    assert show_file(repo, commit, "src/keep.py") == b"K = 1\n"                      # the rest of the tree kept
+    assert "100755" in git_("ls-tree", "-r", commit, "src/run.sh")                    # and its modes
+    assert git_("rev-parse", "HEAD").strip() == parent and git_("status", "--porcelain") == status  # nothing moved
+    base = {"a.py": "A = 1\n", "src/b.py": "B = 1\n#\n#\nC = 1\n"}
+    front = {"a.py": "A = 1\n", "src/b.py": "B = 1\n#\n#\nC = 3\n"}                        # the frontier moved C
+    assert _merge(base, front, {"a.py": "A = 2\n", "src/b.py": "B = 2\n#\n#\nC = 1\n"}) == \
+        {"a.py": "A = 2\n", "src/b.py": "B = 2\n#\n#\nC = 3\n"}
+    assert _merge(base, front, {"a.py": "A = 2\n", "src/b.py": "B = 1\n#\n#\nC = 4\n"}) == "src/b.py"   # a conflict, named
