@@ -34,6 +34,7 @@ from autoresearch.agents.cli_tools import description_from
 from autoresearch.agents.codex_cli import CodexAgent, filesystem_rules, parse_events
 from autoresearch.guard import out_of_scope
 from conftest import agent_context, rows, run_cli, table
+from test_tasks import USER_TASK
 from autoresearch.git import git
 from autoresearch.workspace import init_workspace
 
@@ -725,16 +726,7 @@ TWO_FILES = {
         # @autoresearch:hyperparameters-end
         """,
     "src/scale.py": "SCALE = 1.0\n",
-    "score.py": """\
-        import json, os
-        TARGET = {"val": 7.0, "test": 6.5}[os.environ["AUTORESEARCH_SPLIT"]]
-        try:
-            x = json.load(open(os.path.join(os.environ["AUTORESEARCH_RUN_DIR"], "answer.json")))["x"]
-            result = {"valid": True, "metric": -(x - TARGET) ** 2, "metrics": {"x": x}}
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            result = {"valid": False, "reason": f"no answer: {e}"}
-        json.dump(result, open(os.environ["AUTORESEARCH_RESULT"], "w"))
-        """,
+    "score.py": USER_TASK["score.py"],   # the README's evaluator
 }
 
 
