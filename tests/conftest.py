@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,8 +16,22 @@ from autoresearch.harness.profiles import get_profile
 from autoresearch.workspace import init_workspace, open_workspace, pin_data
 
 
+# The files that take longest (minutes of training each), run first: pytest-xdist hands whole files to its two
+# workers in collection order, so a long file collected last would run alone at the end of the suite.
+LONG_FILES = ("test_quickstart.py", "test_recovery.py", "test_loop.py", "test_redteam.py", "test_run.py",
+              "test_swarm.py", "test_redteam_clock.py", "test_redteam_evaluator.py", "test_redteam_sandbox.py",
+              "test_report.py", "test_tasks.py", "test_train_e2e.py", "test_noise.py")
+
+
+def _long_first(item) -> int:
+    name = item.path.name
+    return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
+
+    items.sort(key=_long_first)  # stable: within a file, and among the rest, the order stays as collected
 
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
@@ -77,6 +92,25 @@ def workspace(cache_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(root)
     monkeypatch.setenv("AUTORESEARCH_WORKSPACE", str(root))
     return open_workspace(root)
+
+
+@pytest.fixture(scope="session")
+def baseline_template(cache_dir, tmp_path_factory) -> Path:
+    """One cpu workspace (budget 4, tag t) per test process, its baseline run and kept: see `baselined`."""
+    root = new_lab(tmp_path_factory.mktemp("baselined") / "lab")
+    done = run_cli("run", "-m", "baseline", "--rule", "strict", cwd=root)
+    assert done.returncode == 0 and done.stdout.startswith("keep"), done.stdout + done.stderr
+    return root
+
+
+@pytest.fixture
+def baselined(baseline_template, tmp_path) -> Path:
+    """A copy of `baseline_template` of the test's own, for tests whose subject comes after a kept baseline
+    (a kill, a crash, a broken ledger): each saves a real run. A workspace holds no absolute path (git,
+    ledger, settings), so a copy is a workspace like any other; test_run trains its own baselines."""
+    root = tmp_path / "lab"
+    shutil.copytree(baseline_template, root, symlinks=True)
+    return root
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -48,8 +48,8 @@ def no_orphans(root: Path) -> None:
     ("recording", "good"),
     ("resetting", "syntax"),
 ])
-def test_sigkill_at_each_step_then_recover(lab, phase, candidate):
-    assert run(lab, "baseline").returncode == 0
+def test_sigkill_at_each_step_then_recover(baselined, phase, candidate):
+    lab = baselined
     frontier = git(lab, "rev-parse", "HEAD")
     frontier_train = (lab / "train.py").read_text()
     if candidate == "syntax":
@@ -94,9 +94,9 @@ def test_sigkill_at_each_step_then_recover(lab, phase, candidate):
         assert (lab / "train.py").read_text() == frontier_train
 
 
-def test_kill_before_commit_keeps_the_users_edit(lab):
+def test_kill_before_commit_keeps_the_users_edit(baselined):
     """Killed before its commit: the uncommitted train.py edit must survive recovery untouched."""
-    assert run(lab, "baseline").returncode == 0
+    lab = baselined
     frontier = git(lab, "rev-parse", "HEAD")
     edit(lab, "DEPTH = 2 ", "DEPTH = 1 ")
     from autoresearch.ledger import Experiment, Ledger
@@ -125,8 +125,8 @@ def test_a_second_run_is_refused_while_one_holds_the_workspace(lab):
     assert [x["description"] for x in rows(lab)] == ["first"]
 
 
-def test_ctrl_c_during_training_records_and_resets(lab):
-    assert run(lab, "baseline").returncode == 0
+def test_ctrl_c_during_training_records_and_resets(baselined):
+    lab = baselined
     frontier = git(lab, "rev-parse", "HEAD")
     edit(lab, "DEPTH = 2 ", "DEPTH = 1 ")
     proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", "interrupted by hand", "--rule", "strict"], cwd=lab,
@@ -141,8 +141,8 @@ def test_ctrl_c_during_training_records_and_resets(lab):
     no_orphans(lab)
 
 
-def test_corrupt_ledger_is_rebuilt_from_results_tsv(lab):
-    assert run(lab, "baseline").returncode == 0
+def test_corrupt_ledger_is_rebuilt_from_results_tsv(baselined):
+    lab = baselined
     edit(lab, "import gc\n", "import gc\ndef broken(:\n")
     assert run(lab, "broken").returncode == 3
     before = tsv(lab)
@@ -158,11 +158,12 @@ def test_corrupt_ledger_is_rebuilt_from_results_tsv(lab):
     assert nxt.returncode == 0 and "vs frontier" in nxt.stdout, nxt.stdout + nxt.stderr
 
 
-def test_hand_edited_results_tsv_is_kept_aside(lab):
-    assert run(lab, "baseline").returncode == 0
+def test_hand_edited_results_tsv_is_kept_aside(baselined):
+    lab = baselined
     with open(lab / "results.tsv", "a") as f:
         f.write("abcdef0\t1.000000\t0.1\tkeep\tmy note\n")
-    assert run(lab, "second").returncode == 0
+    edit(lab, "import gc\n", "import gc\ndef broken(:\n")  # any recorded row rewrites the file: a crash is quick
+    assert run(lab, "second").returncode == 3
     saved = list(lab.glob("results.tsv.edited-*"))
     assert len(saved) == 1 and "my note" in saved[0].read_text()
     assert len(tsv(lab)) == 2
@@ -180,13 +181,11 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_disk_full_loses_nothing_and_recovers(cache_dir, small_disk):
+def test_disk_full_loses_nothing_and_recovers(baseline_template, small_disk):
     import shutil
 
     root = small_disk / "lab"
-    assert run_cli("init", str(root), "--profile", "cpu", "--budget", "4", "--tag", "t", cwd=small_disk).returncode == 0
-    assert run_cli("prepare", cwd=root).returncode == 0
-    assert run(root, "baseline").returncode == 0
+    shutil.copytree(baseline_template, root, symlinks=True)  # a workspace with its baseline kept, on the small disk
     frontier = git(root, "rev-parse", "HEAD")
     edit(root, "DEPTH = 2 ", "DEPTH = 1 ")
     filler = small_disk / "filler"

@@ -108,8 +108,8 @@ def test_baseline_keep_better_keep_worse_discard(lab):
     ("exception", ("t_start = time.time()\n", "t_start = time.time()\nraise RuntimeError('boom')\n"), "crash", "exception"),
     ("nan", ("EMBEDDING_LR = 0.6 ", "EMBEDDING_LR = float('nan') "), "crash", "nan"),
 ])
-def test_failures_are_recorded_with_their_class(lab, name, change, status, error_class):
-    assert run(lab, "baseline").returncode == 0
+def test_failures_are_recorded_with_their_class(baselined, name, change, status, error_class):
+    lab = baselined
     frontier = git(lab, "rev-parse", "HEAD")
     edit(lab, *change)
     proc = run(lab, f"break it: {name}")
@@ -123,8 +123,8 @@ def test_failures_are_recorded_with_their_class(lab, name, change, status, error
     assert git(lab, "rev-parse", "--verify", "refs/autoresearch/discarded/0002")
 
 
-def test_edits_outside_train_py_are_rejected_and_nothing_is_touched(lab):
-    assert run(lab, "baseline").returncode == 0
+def test_edits_outside_train_py_are_rejected_and_nothing_is_touched(baselined):
+    lab = baselined
     head = git(lab, "rev-parse", "HEAD")
     (lab / "program.md").write_text("my own rules\n")
     (lab / "helper.py").write_text("x = 1\n")

@@ -99,7 +99,11 @@ def test_two_workers_on_a_ray_cluster_share_one_frontier_skip_a_duplicate_and_re
     env = {**os.environ, **script(lab, {"w2": [{"replace": A, "description": "fix matrix lr"}],
                                         "w1": [{"replace": A, "description": "fix matrix lr (again)"},
                                                {"replace": B, "description": "fix embedding lr"}]}),
-           "RAY_TMPDIR": short, "RAY_AUTH_MODE": "token"}   # Ray's token authentication, as the README says
+           "RAY_TMPDIR": short, "RAY_AUTH_MODE": "token", "HOME": short}   # Ray's token authentication,
+    # as the README says: a token generated once (in a home of the test's own: nothing left from another test)
+    token = subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token", "--generate"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert token.returncode == 0 and (Path(short) / ".ray" / "auth_token").is_file(), token.stderr
     with ray_cluster(env) as address:
         done = subprocess.run(swarm_cmd("--ray", address, "--workers", "2", "--max-experiments", "4"), cwd=lab,
                               env=env, capture_output=True, text=True, timeout=600)
