@@ -17,7 +17,8 @@ from autoresearch.workspace import init_workspace, open_workspace, pin_data
 
 
 # The files that take longest (minutes of training each), run first: pytest-xdist hands whole files to its two
-# workers in collection order, so a long file collected last would run alone at the end of the suite.
+# workers in collection order (`--no-loadscope-reorder` in pyproject.toml; by default it puts the files with
+# the most tests first, and the long files, which have few, ran alone at the end of the suite).
 LONG_FILES = ("test_quickstart.py", "test_recovery.py", "test_loop.py", "test_redteam.py", "test_run.py",
               "test_swarm.py", "test_redteam_clock.py", "test_redteam_evaluator.py", "test_redteam_sandbox.py",
               "test_report.py", "test_tasks.py", "test_train_e2e.py", "test_noise.py")

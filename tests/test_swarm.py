@@ -27,15 +27,26 @@ A = ["MATRIX_LR = 0.0004", "MATRIX_LR = 0.04"]
 B = ["EMBEDDING_LR = 0.006", "EMBEDDING_LR = 0.6"]
 
 
-@pytest.fixture
-def lab(cache_dir, tmp_path):
+def crippled_lab(root: Path, budget: float) -> Path:
     """A workspace whose committed train.py learns badly (two learning rates cut 100x): each fix is a
     clear win, so which results are kept does not depend on noise."""
-    root = new_lab(tmp_path / "lab", budget=3)
+    new_lab(root, budget=budget)
     train = root / "train.py"
     train.write_text(train.read_text().replace(A[1], A[0]).replace(B[1], B[0]))
     git(root, "commit", "-qam", "learning rates cut 100x")
     return root
+
+
+@pytest.fixture
+def lab(cache_dir, tmp_path):
+    return crippled_lab(tmp_path / "lab", budget=3)
+
+
+@pytest.fixture
+def roomy_lab(cache_dir, tmp_path):
+    """The same with a 6 s budget, for a test whose fixes must win: at 3 s, with two workers and another
+    test's training on 2 cores, a run trained 4 s (a few steps) and a fix could lose to the noise."""
+    return crippled_lab(tmp_path / "lab", budget=6)
 
 
 def script(root: Path, steps: dict) -> dict:
@@ -94,7 +105,8 @@ def ray_cluster(env: dict):
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
-def test_two_workers_on_a_ray_cluster_share_one_frontier_skip_a_duplicate_and_rerun_a_stale_win(lab):
+def test_two_workers_on_a_ray_cluster_share_one_frontier_skip_a_duplicate_and_rerun_a_stale_win(roomy_lab):
+    lab = roomy_lab
     short = tempfile.mkdtemp(prefix="ray-", dir="/tmp")   # Ray's socket paths must stay under 108 bytes
     env = {**os.environ, **script(lab, {"w2": [{"replace": A, "description": "fix matrix lr"}],
                                         "w1": [{"replace": A, "description": "fix matrix lr (again)"},
