@@ -79,7 +79,6 @@ def commit_files(root: Path, parent: str, files: dict[str, str], message: str) -
                 raise GitError(f"git {' '.join(args)} failed in {root}: {(proc.stderr or proc.stdout).strip()}")
             return proc.stdout.strip()
 
-        ensure_identity(root)  # the swarm's hub commits without `run`: a user with no git identity needs one too
         run("read-tree", parent)
         for path, text in sorted(files.items()):
             blob = run("hash-object", "-w", "--stdin", input=text)

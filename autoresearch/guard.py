@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import __version__, layout, sandbox
 from . import task as tasks
-from .git import current_branch, git
+from .git import current_branch, ensure_identity, git
 from .harness.prepare import load_manifest
 from .harness.settings import METRIC_VERSION, METRIC_VERSIONS, Settings, harness_fingerprint
 from .ledger import Ledger
@@ -196,6 +196,9 @@ def session(root: Path, sandbox_mode: str | None):
             for message in recover(settings.root, ledger):
                 _say(f"recover: {message}")
             check_frozen(settings)
+            # every command that commits (run, loop, the swarm's hub) comes through here; init gave the workspace
+            # an identity only if the user had none then, and this environment may have none now (another HOME)
+            ensure_identity(settings.root)
             branch = workspace_branch(settings.root)
             if note := metric_note(settings):
                 _say(note)
