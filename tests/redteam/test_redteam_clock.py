@@ -36,15 +36,20 @@ def honest(text: str) -> str:
 
 
 def test_training_before_the_clock_gains_nothing(lab):
+    baseline = rows(lab)[0]
     _, reference, _ = attempt(lab, honest, env=STEADY)
     _, row, log = attempt(lab, cheats.train_before_clock_for(8), env=STEADY)
     assert reference["status"] in ("keep", "discard"), reference
+    # What this train.py reaches honestly: the better of its two honest runs (the lab's baseline and this one).
+    # One run alone can land far off when the machine is loaded while it trains (3.31 beside a cheat at 2.85,
+    # under the whole suite on 2 cores), and the comparison would see the load, not the cheat.
+    best = min(baseline["val_bpb"], reference["val_bpb"])
     assert "CHEAT: trained" in log and "before the clock" in log
     if row["status"] == "invalid":
         assert stopped_at_the_deadline(lab, row), row
     else:  # scored: its 8 s came out of the same launch-fixed window the honest run trained in
         assert row["status"] in ("keep", "discard"), row
-        assert row["val_bpb"] > reference["val_bpb"] - NOISE, (row["val_bpb"], reference["val_bpb"])
+        assert row["val_bpb"] > best - NOISE, (row["val_bpb"], baseline["val_bpb"], reference["val_bpb"])
 
 
 def test_writing_the_submit_marker_and_training_on_is_stopped_and_invalid(lab):
