@@ -97,8 +97,9 @@ def workspace(cache_dir, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def baseline_template(cache_dir, tmp_path_factory) -> Path:
-    """One cpu workspace (budget 4, tag t) per test process, its baseline run and kept: see `baselined`."""
-    root = new_lab(tmp_path_factory.mktemp("baselined") / "lab")
+    """One cpu workspace (budget 3, tag t) per test process, its baseline run and kept: see `baselined` (and the
+    red team's `lab`, a copy of the same)."""
+    root = new_lab(tmp_path_factory.mktemp("baselined") / "lab", budget=3)
     done = run_cli("run", "-m", "baseline", "--rule", "strict", cwd=root)
     assert done.returncode == 0 and done.stdout.startswith("keep"), done.stdout + done.stderr
     return root

@@ -73,7 +73,8 @@ def scripted(monkeypatch):
     return scripted_agent
 
 
-def test_crash_gets_one_fix_attempt_and_scope_violations_are_put_aside(lab, scripted, capsys):
+def test_crash_gets_one_fix_attempt_and_scope_violations_are_put_aside(baselined, scripted, capsys):
+    lab = baselined   # a kept baseline: the loop starts from it
     scripted.SCRIPT.extend([
         {"replace": ("DEPTH = 2 ", "DEPTH = 2 +* "), "description": "deeper (typo)"},      # crash: syntax
         {"replace": ("DEPTH = 2 ", "DEPTH = 1 "), "description": "shallower"},            # the fix attempt
@@ -82,8 +83,8 @@ def test_crash_gets_one_fix_attempt_and_scope_violations_are_put_aside(lab, scri
         {"replace": ("torch.manual_seed(SEED)", "torch.manual_seed(7)"), "description": "another seed"},
     ])
     scripted.OBSERVE_FAILS.add("fix: shallower")
-    done = run_loop(lab, "scripted", Limits(max_experiments=5), rule="strict", policy=Policy(backoff=0.1))
-    assert done == 5
+    done = run_loop(lab, "scripted", Limits(max_experiments=4), rule="strict", policy=Policy(backoff=0.1))
+    assert done == 4
     out = capsys.readouterr().out
     # observe() failing is said, and the loop goes on (the experiment is recorded either way)
     assert "warning: scripted could not take in the result of #3" in out and "scripted observe failure" in out
@@ -103,7 +104,7 @@ def test_crash_gets_one_fix_attempt_and_scope_violations_are_put_aside(lab, scri
     # the failed proposal cost a back-off but no experiment; the next one ran
     assert r[4]["description"] == "another seed" and r[4]["agent"] == "scripted"
     assert r[4]["input_tokens"] == 10 and r[4]["model"] == "script"
-    assert [e.id for e in scripted.OBSERVED] == [x["id"] for x in r]
+    assert [e.id for e in scripted.OBSERVED] == [x["id"] for x in r[1:]]   # all this loop ran
     assert git(lab, "status", "--porcelain") == ""
     # every proposal attempt is traced, the failed one too, and linked to the experiment it became
     db = sqlite3.connect(lab / ".autoresearch" / "ledger.sqlite")
@@ -124,7 +125,8 @@ def test_loop_refuses_to_start_on_foreign_changes_and_unknown_agents(lab):
     assert proc.returncode == 1 and "unknown agent 'nobody'" in proc.stderr
 
 
-def test_ctrl_c_stops_the_loop_cleanly_and_it_resumes(lab):
+def test_ctrl_c_stops_the_loop_cleanly_and_it_resumes(baselined):
+    lab = baselined   # a kept baseline: the loop's first experiment is its own
     p = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "loop", "--max-experiments", "3", "--rule", "strict"], cwd=lab,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_training(p, lab / "runs" / "0002.log")
@@ -184,10 +186,11 @@ class ChatStandIn:
         self.server.server_close()
 
 
-def test_loop_with_an_openai_compatible_server(lab):
+def test_loop_with_an_openai_compatible_server(baselined):
+    lab = baselined   # a kept baseline: the model is asked first
     with ChatStandIn() as server:
         proc = run_cli("loop", "--agent", "openai", "--base-url", server.url, "--model", "fake-model",
-                       "--max-experiments", "2", "--rule", "strict", cwd=lab)
+                       "--max-experiments", "1", "--rule", "strict", cwd=lab)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     r = rows(lab)
     assert [x["description"] for x in r] == ["baseline", "depth 1 instead of 2"]

@@ -107,7 +107,7 @@ def test_experiments_with_default_flags_then_the_loop(cache_dir, tmp_path):
             seen = autoresearch(*command, cwd=lab)
             assert seen.returncode == 0, (command, seen.stderr)
             watched += 1
-        time.sleep(8)  # a user glancing now and then (each glance is a process competing with the training)
+        time.sleep(20)  # a user glancing now and then (each glance is a process competing with the training)
     out, err = proc.communicate()
     assert proc.returncode == 0, out + err
     assert watched >= 10

@@ -45,63 +45,6 @@ def lab(cache_dir, tmp_path):
     return new_lab(tmp_path / "lab", budget=4)
 
 
-SLOW_LR = ("EMBEDDING_LR = 0.6 ", "EMBEDDING_LR = 0.0006 "), ("MATRIX_LR = 0.04 ", "MATRIX_LR = 0.00004 "), \
-    ("UNEMBEDDING_LR = 0.004 ", "UNEMBEDDING_LR = 0.000004 ")
-
-
-def test_baseline_keep_better_keep_worse_discard(lab):
-    pristine = (lab / "train.py").read_text()
-    for old, new in SLOW_LR:  # a deliberately crippled baseline, so a real improvement is certain
-        edit(lab, old, new)
-    crippled = (lab / "train.py").read_text()
-    first = run(lab, "baseline with learning rates / 1000")
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert first.stdout.startswith("keep")
-    base_commit = git(lab, "rev-parse", "HEAD")
-    assert git(lab, "log", "-1", "--format=%s") == "baseline with learning rates / 1000"
-
-    (lab / "train.py").write_text(pristine)
-    better = run(lab, "restore the learning rates")
-    assert better.returncode == 0 and better.stdout.startswith("keep"), better.stdout + better.stderr
-    assert "vs frontier" in better.stdout
-    frontier = git(lab, "rev-parse", "HEAD")
-    assert git(lab, "rev-parse", "HEAD~1") == base_commit
-
-    (lab / "train.py").write_text(crippled)
-    worse = run(lab, "cripple again")
-    assert worse.returncode == 0 and worse.stdout.startswith("discard"), worse.stdout + worse.stderr
-    assert git(lab, "rev-parse", "HEAD") == frontier          # reset to the frontier
-    assert (lab / "train.py").read_text() == pristine          # the tree is the frontier's
-    assert git(lab, "status", "--porcelain") == ""
-    discarded = git(lab, "rev-parse", "refs/autoresearch/discarded/0003")
-    assert git(lab, "show", f"{discarded}:train.py") == crippled.rstrip("\n")  # nothing lost
-
-    r = rows(lab)
-    assert [x["status"] for x in r] == ["keep", "keep", "discard"]
-    assert r[1]["val_bpb"] < r[0]["val_bpb"] and r[2]["val_bpb"] > r[1]["val_bpb"]
-    assert r[1]["parent"] == base_commit and r[2]["parent"] == frontier
-    # the training window ends at a point fixed from launch (start-up allowance + budget): start-up the
-    # template does not use is trained in; the parent sees the markers by polling, exact to 2 poll periods
-    from autoresearch.harness.settings import Settings
-    from autoresearch.trial import POLL_SECONDS
-
-    rules = Settings.load(lab).profile.time_rules
-    assert (rules.startup, rules.budget) == (10.0, 4.0)
-    used = [x["startup_seconds"] + x["training_seconds"] for x in r]
-    assert all(rules.training_ends - 2 * POLL_SECONDS <= u < rules.deadline for u in used), used
-    assert all(x["train_wall_seconds"] < rules.deadline + rules.exit_grace for x in r)
-    assert all(x["total_seconds"] > x["train_wall_seconds"] for x in r)
-    assert all(x["memory_gb"] > 0.05 and x["steps"] > 0 and x["params_m"] > 1 for x in r)
-    t = tsv(lab)
-    assert [row[3] for row in t] == ["keep", "keep", "discard"]
-    assert [row[0] for row in t] == [x["commit"][:7] for x in r]
-    assert [float(row[1]) for row in t] == [round(x["val_bpb"], 6) for x in r]
-
-    status = run_cli("status", cwd=lab)
-    assert status.returncode == 0
-    assert "3 experiments, 2 kept" in status.stdout and frontier[:7] in status.stdout
-
-
 @pytest.mark.parametrize("name, change, status, error_class", [
     ("syntax", ("import gc\n", "import gc\ndef broken(:\n"), "crash", "syntax"),
     ("import", ("import gc\n", "import gc\nimport not_a_module_anywhere\n"), "crash", "import"),
@@ -142,7 +85,7 @@ def test_edits_outside_train_py_are_rejected_and_nothing_is_touched(baselined):
     # the frozen settings file is out of scope too, even committed
     (lab / "program.md").write_text(git(lab, "show", "HEAD:program.md") + "\n")
     (lab / "helper.py").unlink()
-    text = (lab / "autoresearch.toml").read_text().replace("time_budget = 4.0", "time_budget = 400.0")
+    text = (lab / "autoresearch.toml").read_text().replace("time_budget = 3.0", "time_budget = 400.0")
     (lab / "autoresearch.toml").write_text(text)
     git(lab, "commit", "-qam", "more time")
     proc = run(lab, "a longer budget")

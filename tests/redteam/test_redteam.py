@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import cheats
-from conftest import git, new_lab, rows, run_cli
+from conftest import git, rows, run_cli
 
 from autoresearch import sandbox
 
@@ -27,11 +27,9 @@ needs_sandbox = pytest.mark.skipif(sandbox.probe() != "", reason=f"no sandbox he
 
 
 @pytest.fixture(scope="session")
-def baseline_lab(cache_dir, tmp_path_factory) -> Path:
-    root = new_lab(tmp_path_factory.mktemp("redteam") / "lab", budget=3)
-    done = run_cli("run", "-m", "baseline", "--rule", "strict", cwd=root)
-    assert done.returncode == 0 and done.stdout.startswith("keep"), done.stdout + done.stderr
-    return root
+def baseline_lab(baseline_template) -> Path:
+    """A cpu workspace with a 3 s budget and its baseline kept: the suite's one per test process (conftest)."""
+    return baseline_template
 
 
 @pytest.fixture
