@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import sys
 import zipfile
 
 import numpy as np
@@ -337,6 +338,22 @@ def test_the_evaluator_environment_is_an_allowlist(monkeypatch, tmp_path):
     assert env["HOME"] == env["TMPDIR"] == str(tmp_path) and env["LC_ALL"] == "C.UTF-8" and env["OMP_NUM_THREADS"] == "1"
     cmd = protocol.evaluator_command(tmp_path / "model.pt2", tmp_path, tmp_path / "out.json", "val")
     assert cmd[1] == "-I" and cmd[cmd.index("--expect-fingerprint") + 1] == protocol.harness_fingerprint()
+
+
+def test_the_evaluator_process_gets_the_allowlist_and_the_harness_s_own_settings(monkeypatch, tmp_path):
+    """What the evaluator's process really sees: the allowlist, the caller's extra, and the settings the harness
+    adds itself (huge pages for large tensors), whatever the user's shell says about them."""
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    monkeypatch.setenv("LD_PRELOAD", "/evil.so")
+    dump = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
+
+    def wrap(cmd, env):   # in the evaluator's place: a process that writes down its environment as the result
+        return [sys.executable, "-c", dump, str(tmp_path / "eval-val.json")]
+
+    seen = protocol.run_evaluator(tmp_path / "model.pt2", tmp_path, tmp_path, env={"AUTORESEARCH_OWNER": "/lab"},
+                                  wrap=wrap)
+    assert seen["THP_MEM_ALLOC_ENABLE"] == "1" and seen["AUTORESEARCH_OWNER"] == "/lab"
+    assert "LD_PRELOAD" not in seen and seen["HOME"] == seen["TMPDIR"] != str(tmp_path)
 
 
 def test_a_harness_that_does_not_match_the_fingerprint_scores_nothing(workspace, tmp_path):
