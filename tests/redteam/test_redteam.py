@@ -26,17 +26,10 @@ pytestmark = pytest.mark.slow
 needs_sandbox = pytest.mark.skipif(sandbox.probe() != "", reason=f"no sandbox here: {sandbox.probe()}")
 
 
-@pytest.fixture(scope="session")
-def baseline_lab(baseline_template) -> Path:
-    """A cpu workspace with a 3 s budget and its baseline kept: the suite's one per test process (conftest)."""
-    return baseline_template
-
-
 @pytest.fixture
-def lab(baseline_lab, tmp_path) -> Path:
-    root = tmp_path / "lab"
-    shutil.copytree(baseline_lab, root, symlinks=True)
-    return root
+def lab(baselined) -> Path:
+    """A copy of the suite's workspace with a 3 s budget and its baseline kept (conftest's `baselined`)."""
+    return baselined
 
 
 def attempt(lab: Path, cheat, *extra: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict, str]:

@@ -15,7 +15,7 @@ import pytest
 
 import cheats_clock as cheats
 from conftest import rows, run_cli
-from test_redteam import attempt, baseline_lab, lab, stopped_at_the_deadline  # noqa: F401 - fixtures
+from test_redteam import attempt, lab, stopped_at_the_deadline  # noqa: F401 - fixtures
 
 from autoresearch.harness.settings import Settings
 

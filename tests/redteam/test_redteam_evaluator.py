@@ -15,7 +15,7 @@ import torch.nn as nn
 import cheats_evaluator as cheats
 from conftest import rows
 from test_evaluate import Bigram
-from test_redteam import assert_true_metric, attempt, baseline_lab, lab  # noqa: F401 - fixtures
+from test_redteam import assert_true_metric, attempt, lab  # noqa: F401 - fixtures
 
 from autoresearch.harness import evaluate
 from autoresearch.harness.evaluate import EvalError, load_archive

@@ -16,7 +16,7 @@ import pytest
 
 import cheats_sandbox
 from conftest import git, rows
-from test_redteam import (assert_true_metric, attempt, baseline_lab, compose, lab,  # noqa: F401 (fixtures)
+from test_redteam import (assert_true_metric, attempt, compose, lab,  # noqa: F401 (fixtures)
                           needs_sandbox, private_harness)
 
 import autoresearch
