@@ -77,3 +77,24 @@ def test_mfu_is_reported_when_the_peak_is_known(lab):
     tokens_per_sec = float(s["tokens_per_sec"])
     flops = float(proc.stdout.split("Estimated FLOPs per token: ")[1].split()[0])
     assert mfu == pytest.approx(100 * flops * tokens_per_sec / 1e11, rel=0.02)
+
+
+@pytest.mark.parametrize("window, compiled", [(90.0, False), (600.0, True)])
+def test_on_cpu_the_model_is_compiled_only_when_the_window_earns_it_back(lab, window, compiled):
+    """Under the harness the window closes at a time fixed from launch, so a cold compile (45 s on 2 cores)
+    comes out of training: at the cpu profile's default (60 s budget + 30 s start-up) train.py runs eager."""
+    import time
+
+    from autoresearch.harness.clock import TRAINING_ENDS_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in ("AUTORESEARCH_WORKSPACE", "TORCHDYNAMO_DISABLE")}
+    env[TRAINING_ENDS_ENV] = repr(time.monotonic() + window)
+    proc = subprocess.Popen([sys.executable, "train.py"], cwd=lab, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()  # the device line, printed before any compilation or training
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert first.startswith("Device: cpu"), first
+    assert f"compile model: {compiled}" in first, first
