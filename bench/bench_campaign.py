@@ -1,29 +1,40 @@
 """A campaign, side by side: the default loop against random search, re-measured with fresh seeds.
 
-    python bench/bench_campaign.py --experiments 60 --repeats 3            # the cpu profile's default budget
-    python bench/bench_campaign.py --experiments 3 --budget 5 --repeats 1  # a smoke run (minutes)
+    python bench/bench_campaign.py --experiments 60 --repeats 3 --parallel --out ~/campaign  # the cpu profile's budget
+    python bench/bench_campaign.py --experiments 3 --budget 5 --repeats 1                    # a smoke run (minutes)
 
-On the cpu profile, each strategy gets a fresh workspace (same profile, same budget, same seeds) and runs
-sequentially on this machine:
+On the cpu profile, each strategy gets a fresh workspace (same profile, same budget, same seeds):
   loop          the default `autoresearch loop`: the offline optuna agent with the noise rule
   random        random search over the same constants and ranges (the optuna agent's search space, the same
                 rules of what can run) with the strict rule: the original's keep-any-improvement
   optuna-strict (optional, --strategies) the offline agent with the strict rule: the search without the rule
-Each campaign is `--experiments` experiments, the baseline included. Then every kept commit (the baseline,
-the frontier and those between) is trained again `--repeats` times with fresh seeds (1000, 1001, ...), by the
-harness's own code path (trial.measure), so the table shows the real gain of the frontier over the baseline
-and how many kept results were false: not better than the baseline beyond noise (2 standard errors of the
-difference) on re-measure. Printed: the table; written: a plot of the best-so-far (the frontier's recorded
-val_bpb) per experiment, every strategy on one axis (--out, default a temporary folder).
+By default the strategies run one after the other on the whole machine. With --parallel they run at the same
+time, each pinned to its own share of the CPUs (one core each on a 2-core machine), so both see the same
+machine at the same moments; each then trains with fewer threads than a lone run would.
+
+Each campaign is `--experiments` experiments, the baseline included. Then the baseline and the frontier are
+trained again `--repeats` times with fresh seeds (1000, 1001, ...) and every kept commit between them
+`--repeats-kept` times, by the harness's own code path (trial.measure), so the table shows the real gain of
+the frontier over the baseline and how many kept results were false: not better than the baseline beyond
+noise (2 standard errors of the difference, from the pooled noise of the re-measures) on re-measure.
+Printed: the table; written: a plot of the best-so-far (the frontier's recorded val_bpb) per experiment,
+every strategy on one axis (--out, default a temporary folder).
+
+Resumable: run the same command with the same --out again after an interrupt (Ctrl-C, a reboot) and each
+strategy goes on from its ledger (the loop resumes; re-measures already made are kept in
+OUT/NAME.remeasure.json; hours spent so far in OUT/NAME.hours).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +64,12 @@ from autoresearch.workspace import init_workspace, pin_data  # noqa: E402
 STRATEGIES = {"loop": ("optuna", "noise"), "random": ("random", "strict"), "optuna-strict": ("optuna", "strict")}
 FRESH_SEED = 1000
 SEARCH_SEED = 0
+BRANCH = "autoresearch/campaign"
+
+
+def experiments(ledger: Ledger) -> list:
+    """The campaign's experiments on record; one cut short by an interrupt is run again on resume."""
+    return [e for e in ledger.all(BRANCH) if e.error_class != "interrupted"]
 
 
 class RandomAgent:
@@ -64,7 +81,6 @@ class RandomAgent:
     def __init__(self, workspace: Path, model: str | None = None, base_url: str | None = None, seed: int | None = None):
         self.root = Path(workspace)
         self.space = space_of((self.root / "train.py").read_text())
-        self.rng = random.Random(SEARCH_SEED)
         self.seq = Settings.load(self.root).profile.max_seq_len
 
     def check(self) -> None:
@@ -81,6 +97,8 @@ class RandomAgent:
         return self.rng.choice(spec["choices"])
 
     def propose(self, context) -> Proposal:
+        # one generator per experiment index, so the same draws come whether or not the campaign was resumed
+        self.rng = random.Random(f"{SEARCH_SEED}-{len(experiments(Ledger(self.root)))}")
         current = read_constants(context.train_py)
         for _ in range(1000):
             values = {name: _rounded(spec, self.draw(spec)) for name, spec in self.space.items()}
@@ -94,46 +112,91 @@ class RandomAgent:
         pass
 
 
-def workspace(tmp: Path, name: str, budget: float | None) -> Settings:
-    settings = init_workspace(tmp / name, "cpu", budget=budget, tag="campaign")
+def workspace(out: Path, name: str, budget: float | None) -> Settings:
+    """The strategy's workspace: made on the first call, reopened (same budget) when resuming."""
+    root = out / name
+    if (root / "autoresearch.toml").exists():
+        settings = Settings.load(root)
+        if budget is not None and settings.profile.time_budget != budget:
+            raise SystemExit(f"{root} was made with budget {settings.profile.time_budget:g}s, not {budget:g}s: "
+                             "resume with the same options, or give another --out")
+        return settings
+    settings = init_workspace(root, "cpu", budget=budget, tag="campaign")
     pin_data(settings, load_manifest(settings.profile))
-    settings = Settings.load(tmp / name)
-    return settings
+    return Settings.load(root)
 
 
-def campaign(tmp: Path, name: str, args) -> dict:
+def _json(path: Path, default):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def _save(path: Path, value) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+
+
+def campaign(out: Path, name: str, args) -> bool:
+    """Run (or resume) one strategy's campaign and its re-measures; False when interrupted."""
     agent, rule = STRATEGIES[name]
-    settings = workspace(tmp, name, args.budget)
+    settings = workspace(out, name, args.budget)
     root = settings.root
-    t0 = time.time()
-    run_loop(root, agent, Limits(max_experiments=args.experiments), rule=rule, noise_runs=args.noise_runs)
-    hours = (time.time() - t0) / 3600
     ledger = Ledger(root)
-    rows = ledger.all("autoresearch/campaign")
+    left = args.experiments - len(experiments(ledger))
+    hours_file = out / f"{name}.hours"
+    if left > 0:
+        print(f"{name}: {args.experiments - left} experiments on record, {left} to go", flush=True)
+        t0 = time.time()
+        try:
+            run_loop(root, agent, Limits(max_experiments=left), rule=rule, noise_runs=args.noise_runs)
+        finally:
+            _save(hours_file, _json(hours_file, 0.0) + (time.time() - t0) / 3600)
+        if len(experiments(ledger)) < args.experiments:
+            return False  # the loop was interrupted (it says so): the same command resumes it
+
+    # re-measure with fresh seeds, by the harness's own code path: the baseline and the frontier `--repeats`
+    # times, every kept commit between them `--repeats-kept` times
+    kept = [e for e in experiments(ledger) if e.status == "keep"]
+    store = out / f"{name}.remeasure.json"
+    again = _json(store, {})
+    session = Session(settings, ledger, sandbox.resolve(None), BRANCH)
+    journal, frontier_text = Journal(root), git(root, "show", "HEAD:train.py")  # HEAD: a killed re-measure left its own
+    try:
+        for e in kept:
+            want = args.repeats if e in (kept[0], kept[-1]) else args.repeats_kept
+            values = again.setdefault(str(e.id), [])
+            if len(values) >= want:
+                continue
+            (root / "train.py").write_text(git(root, "show", f"{e.commit}:train.py"))
+            for i in range(len(values), want):
+                tag = f"re{e.id:04d}-{i}"
+                shutil.rmtree(root / "runs" / tag, ignore_errors=True)
+                s = measure(session, root / "runs" / tag, root / "runs" / f"{tag}.log", journal, FRESH_SEED + i)
+                values.append(s.val_bpb if s.status == "ok" else math.inf)
+                _save(store, again)
+                print(f"{name}: re-measured #{e.id} seed {FRESH_SEED + i}: {values[-1]:.4f}", flush=True)
+    except KeyboardInterrupt:
+        print(f"{name}: re-measure interrupted; the same command resumes it", flush=True)
+        return False
+    finally:
+        (root / "train.py").write_text(frontier_text)
+        git(root, "checkout", "--", "train.py", check=False)
+    return True
+
+
+def load(out: Path, name: str) -> dict:
+    """One strategy's results, read back from its workspace and the re-measure store."""
+    agent, rule = STRATEGIES[name]
+    rows = experiments(Ledger(out / name))
     best, curve = None, []
     for e in rows:
         if e.status == "keep":
             best = e.val_bpb
         curve.append(best)
     kept = [e for e in rows if e.status == "keep"]
-
-    # re-measure every kept commit with fresh seeds, by the harness's own code path
-    session = Session(settings, ledger, sandbox.resolve(None), "autoresearch/campaign")
-    journal, frontier_text = Journal(root), (root / "train.py").read_text()
-    again = {}
-    for e in kept:
-        text = git(root, "show", f"{e.commit}:train.py")
-        (root / "train.py").write_text(text)
-        values = []
-        for i in range(args.repeats):
-            tag = f"re{e.id:04d}-{i}"
-            s = measure(session, root / "runs" / tag, root / "runs" / f"{tag}.log", journal, FRESH_SEED + i)
-            values.append(s.val_bpb if s.status == "ok" else math.inf)
-        again[e.id] = values
-    (root / "train.py").write_text(frontier_text)
-    git(root, "checkout", "--", "train.py", check=False)
+    again = {int(k): v for k, v in _json(out / f"{name}.remeasure.json", {}).items()}
     return {"name": name, "agent": agent, "rule": rule, "rows": rows, "curve": curve, "kept": kept, "again": again,
-            "hours": hours}
+            "hours": _json(out / f"{name}.hours", 0.0)}
 
 
 def summarise(result: dict) -> dict:
@@ -143,8 +206,12 @@ def summarise(result: dict) -> dict:
     std = floor.std if floor else None
     mean = lambda xs: statistics.fmean(xs) if xs and all(math.isfinite(x) for x in xs) else math.inf  # noqa: E731
     gain = mean(base) - mean(front)
-    margin = 2 * std * math.sqrt(2 / len(base)) if std is not None else 0.0
-    false = sum(1 for e in kept[1:] if not mean(base) - mean(again[e.id]) > margin)
+
+    def beats_baseline(values: list[float]) -> bool:  # by more than 2 standard errors of the difference
+        margin = 2 * std * math.sqrt(1 / len(base) + 1 / len(values)) if std is not None else 0.0
+        return mean(base) - mean(values) > margin
+
+    false = sum(1 for e in kept[1:] if not beats_baseline(again[e.id]))
     return {"experiments": len(result["rows"]), "kept": len(kept) - 1, "recorded": kept[-1].val_bpb,
             "base": mean(base), "front": mean(front), "gain": gain, "std": std,
             "sigmas": gain / std if std else None, "false": false, "hours": result["hours"]}
@@ -185,32 +252,74 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def side_by_side(out: Path, names: list[str], argv: list[str]) -> bool:
+    """Each strategy in its own process, pinned to its own equal share of this process's CPUs, all at once;
+    their output goes to OUT/NAME.log. True when every one finished."""
+    cpus = sorted(os.sched_getaffinity(0))
+    share = len(cpus) // len(names)
+    if share < 1:
+        raise SystemExit(f"--parallel needs a CPU per strategy: {len(names)} strategies, {len(cpus)} CPUs")
+    procs = []
+    for i, name in enumerate(names):
+        mine = set(cpus[i * share:(i + 1) * share])
+        env = {**os.environ, "OMP_NUM_THREADS": str(share), "MKL_NUM_THREADS": str(share)}
+        log = open(out / f"{name}.log", "a")
+        print(f"{name}: CPUs {sorted(mine)}, {share} thread(s); log {out / (name + '.log')}", flush=True)
+        procs.append(subprocess.Popen([sys.executable, __file__, *argv, "--out", str(out), "--one", name], env=env,
+                                      stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda m=mine: os.sched_setaffinity(0, m)))
+    try:
+        codes = [p.wait() for p in procs]
+    except KeyboardInterrupt:  # the children got the same Ctrl-C: let them record it and stop
+        codes = [p.wait() for p in procs]
+    return all(c == 0 for c in codes)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiments", type=int, default=60, help="experiments per strategy, the baseline included")
     ap.add_argument("--budget", type=float, default=None, help="training seconds (default: the cpu profile's)")
-    ap.add_argument("--repeats", type=int, default=3, help="fresh-seed re-measures of each kept commit")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh-seed re-measures of the baseline and the frontier")
+    ap.add_argument("--repeats-kept", type=int, default=1, help="fresh-seed re-measures of each kept commit between")
     ap.add_argument("--noise-runs", type=int, default=4, help="repeats of the frontier behind the noise floor")
     ap.add_argument("--strategies", default="loop,random", help=f"comma-separated, of {', '.join(STRATEGIES)}")
-    ap.add_argument("--out", type=Path, default=None, help="folder for the plot and the workspaces")
+    ap.add_argument("--parallel", action="store_true", help="run the strategies at once, each on its own CPUs")
+    ap.add_argument("--out", type=Path, default=None, help="folder for the plot and the workspaces (resumable)")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one strategy of --parallel
     args = ap.parse_args()
     names = [n.strip() for n in args.strategies.split(",") if n.strip()]
     if unknown := [n for n in names if n not in STRATEGIES]:
         ap.error(f"unknown strategies {unknown} (known: {', '.join(STRATEGIES)})")
     agents.REGISTRY["random"] = "bench_campaign:RandomAgent"
 
-    out = args.out or Path(tempfile.mkdtemp(prefix="bench-campaign-"))
+    out = (args.out or Path(tempfile.mkdtemp(prefix="bench-campaign-"))).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("AUTORESEARCH_CACHE", str(Path.home() / ".cache" / "autoresearch"))
+    if args.one:
+        return 0 if campaign(out, args.one, args) else 130
     prepare(get_profile("cpu"), progress=False)
     budget = args.budget if args.budget is not None else get_profile("cpu").time_budget
     print(machine_info())
-    print(f"campaign: {args.experiments} experiments per strategy, budget {budget:g}s, {args.repeats} re-measures "
-          f"of each kept commit; workspaces in {out}", flush=True)
-    results = []
-    for name in names:
-        print(f"\n== {name} ==", flush=True)
-        results.append(campaign(out, name, args))
+    print(f"campaign: {args.experiments} experiments per strategy, budget {budget:g}s, re-measures: {args.repeats} "
+          f"of the baseline and the frontier, {args.repeats_kept} of each kept commit between; "
+          f"{'side by side' if args.parallel else 'one after the other'}; workspaces in {out}", flush=True)
+    if args.parallel:
+        argv = [a for a in sys.argv[1:] if a != "--parallel"]
+        if "--out" in argv:
+            i = argv.index("--out")
+            del argv[i:i + 2]
+        argv = [a for a in argv if not a.startswith("--out=")]
+        finished = side_by_side(out, names, argv)
+    else:
+        finished = True
+        for name in names:
+            print(f"\n== {name} ==", flush=True)
+            if not campaign(out, name, args):
+                finished = False
+                break
+    if not finished:
+        print(f"\nnot finished: run the same command with --out {out} to resume", flush=True)
+        return 130
+    results = [load(out, name) for name in names]
     print("\n" + table(results))
     plot(results, out / "campaign.png")
     print(f"\nplot: {out / 'campaign.png'}")
