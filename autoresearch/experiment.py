@@ -197,13 +197,16 @@ def _run(s: Session, exp: Experiment, journal: Journal, rule: str) -> Outcome:
     pause("committed", journal)
 
     with _Signals():
-        sample = measure(s, run_dir, log_path, journal, None)
-        _record_run(ledger, exp, sample, "experiment")
-        _sample_into(exp, sample)
-        if sample.status == "ok":
-            _decide(s, exp, journal, rule, sample)
-            if exp.status == "keep":
-                _score_test(s, exp, sample)
+        sample = measure(s, run_dir, log_path, journal, None, test_ahead=True)
+        try:
+            _record_run(ledger, exp, sample, "experiment")
+            _sample_into(exp, sample)
+            if sample.status == "ok":
+                _decide(s, exp, journal, rule, sample)
+                if exp.status == "keep":
+                    _score_test(s, exp, sample)
+        finally:
+            sample.cancel_test()  # not kept (or interrupted): the test split's scoring stops unread
     if exp.status in ("crash", "timeout", "invalid"):
         exp.reason = exp.reason or f"{exp.status}: {exp.error_class}"
     exp.total_seconds = round(time.monotonic() - t0, 2)
@@ -238,6 +241,7 @@ def _decide(s: Session, exp: Experiment, journal: Journal, rule: str, first: Sam
         print(f"confirm: {decision.reason}; confirmation run {n - 1} (seed {DEFAULT_SEED + n - 1}), "
               f"log {log_path.relative_to(s.root)}", file=sys.stderr)
         journal.update(phase="confirming")
+        first.cancel_test()  # nothing runs beside a training run: the kept model's test split is scored later
         again = measure(s, run_dir, log_path, journal, DEFAULT_SEED + n - 1)
         _record_run(ledger, exp, again, "confirm")
         if again.status != "ok":
@@ -256,8 +260,13 @@ def _decide(s: Session, exp: Experiment, journal: Journal, rule: str, first: Sam
 
 
 def _score_test(s: Session, exp: Experiment, sample: Sample) -> None:
-    """A kept model is scored on the held-out test split too; it never takes part in a decision."""
-    result = evaluate(s, sample.program, sample.run_dir, "test")
+    """A kept model is scored on the held-out test split too; it never takes part in a decision. The scoring
+    started ahead by the val split's evaluator is taken when it still runs (no confirmation run came between)."""
+    if sample.test_ahead is not None:
+        ahead, sample.test_ahead = sample.test_ahead, None
+        result = ahead.result(timeout=s.profile.time_rules.eval_timeout)
+    else:
+        result = evaluate(s, sample.program, sample.run_dir, "test")
     if "error" in result:
         exp.reason += f"; test split not scored ({result['error_class']}: {result['error']})"
     else:

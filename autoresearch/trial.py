@@ -39,8 +39,8 @@ from .guard import Session
 from .harness.clock import CLOCK_FILE_ENV, TRAINING_ENDS_ENV
 from .harness.device import PEAK_FLOPS_ENV
 from .harness.paths import CACHE_ENV, cache_dir
-from .harness.protocol import (EXPORT_ONLY_ENV, INTEGRITY_ERRORS, RUN_DIR_ENV, SEED_ENV, SUBMIT_MARKER, evaluator_env,
-                               run_evaluator)
+from .harness.protocol import (EXPORT_ONLY_ENV, INTEGRITY_ERRORS, RUN_DIR_ENV, SEED_ENV, SUBMIT_MARKER, TestAhead,
+                               evaluator_env, run_evaluator, run_evaluator_ahead)
 from .harness.settings import WORKSPACE_ENV
 from .logs import classify_crash, log_tail, number, parse_summary
 
@@ -180,10 +180,17 @@ class Sample:
     train_wall_seconds: float | None = None
     eval_wall_seconds: float | None = None
     restored: list[str] = field(default_factory=list)
+    test_ahead: TestAhead | None = field(default=None, repr=False)  # measure(test_ahead=True): the test split, scoring
 
     @property
     def program(self) -> Path:
         return self.run_dir / layout.EXPORTED_MODEL
+
+    def cancel_test(self) -> None:
+        """Stop the test split's scoring started ahead, if any (the model is not kept, or more runs follow)."""
+        if self.test_ahead is not None:
+            self.test_ahead.cancel()
+            self.test_ahead = None
 
     def fail(self, status: str, error_class: str, excerpt: str) -> "Sample":
         self.status, self.error_class, self.error_excerpt = status, error_class, excerpt
@@ -207,16 +214,28 @@ def evaluate(s: Session, program: Path, out: Path, split: str) -> dict:
     {"error": ..., "error_class": ...}. A task's evaluator scores the run folder `out` (evaluate_task)."""
     if not s.task.is_gpt:
         return evaluate_task(s, out, split)
+    return run_evaluator(program, s.root, out, split=split, **_evaluator_options(s, out))
+
+
+def evaluate_ahead(s: Session, program: Path, out: Path) -> tuple[dict, TestAhead | None]:
+    """`evaluate` on the val split, the same process going on to score the test split (run_evaluator_ahead)."""
+    return run_evaluator_ahead(program, s.root, out, **_evaluator_options(s, out))
+
+
+def _evaluator_options(s: Session, out: Path) -> dict:
+    """The evaluator's timeout, its owner marker, and its sandbox when the session has one."""
     def wrap(cmd, env):
         return sandbox.eval_command(cmd, out, env, workspace=s.root, profile_name=s.profile.name)
 
-    return run_evaluator(program, s.root, out, split=split, timeout=s.profile.time_rules.eval_timeout,
-                         env={procs.OWNER_ENV: str(s.root)}, wrap=wrap if s.sandbox == "bwrap" else None)
+    return {"timeout": s.profile.time_rules.eval_timeout, "env": {procs.OWNER_ENV: str(s.root)},
+            "wrap": wrap if s.sandbox == "bwrap" else None}
 
 
-def measure(s: Session, run_dir: Path, log_path: Path, journal, seed: int | None) -> Sample:
+def measure(s: Session, run_dir: Path, log_path: Path, journal, seed: int | None, test_ahead: bool = False) -> Sample:
     """Train once, check the rules, score on the validation split. The session's ledger is reopened if
-    train.py damaged it (the tripwire restores it). A task's run: measure_task."""
+    train.py damaged it (the tripwire restores it). A task's run: measure_task. `test_ahead`: the evaluator
+    goes on to score the test split after val, in the same process (sample.test_ahead: the caller takes its
+    result or cancels it)."""
     if not s.task.is_gpt:
         return measure_task(s, run_dir, log_path, journal, seed)
     root, profile = s.root, s.profile
@@ -261,7 +280,10 @@ def measure(s: Session, run_dir: Path, log_path: Path, journal, seed: int | None
     journal.update(phase="evaluating")
     pause("evaluating", journal)
     t_eval = time.monotonic()
-    result = evaluate(s, sample.program, run_dir, "val")
+    if test_ahead:
+        result, sample.test_ahead = evaluate_ahead(s, sample.program, run_dir)
+    else:
+        result = evaluate(s, sample.program, run_dir, "val")
     sample.eval_wall_seconds = round(time.monotonic() - t_eval, 3)
     if "error" in result:
         status = "invalid" if result["error_class"] in INTEGRITY_ERRORS else "crash"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import secrets
 import sys
 import zipfile
@@ -354,6 +355,50 @@ def test_the_evaluator_process_gets_the_allowlist_and_the_harness_s_own_settings
                                   wrap=wrap)
     assert seen["THP_MEM_ALLOC_ENABLE"] == "1" and seen["AUTORESEARCH_OWNER"] == "/lab"
     assert "LD_PRELOAD" not in seen and seen["HOME"] == seen["TMPDIR"] != str(tmp_path)
+
+
+def test_the_test_split_scored_ahead_is_what_a_fresh_process_scores(workspace, tmp_path):
+    """run_evaluator_ahead returns the val result once it is written; the same process goes on to the test
+    split, and its score is the one a fresh evaluator gives (the score is deterministic; the probe's draws are
+    fresh, and find nothing in a causal model either way)."""
+    torch.manual_seed(0)
+    program = export_model(Bigram(2048), workspace, tmp_path)
+    val, ahead = protocol.run_evaluator_ahead(program, workspace.root, tmp_path, timeout=300)
+    assert "error" not in val and val["split"] == "val" and ahead is not None
+    test = ahead.result(timeout=300)
+    assert test["split"] == "test" and test["harness_verified"] and test["causality_leak"] < 1e-6
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    alone = protocol.run_evaluator(program, workspace.root, fresh, split="test")
+    assert test["test_bpb"] == alone["test_bpb"] and test["eval_tokens"] == alone["eval_tokens"] == 65536
+    assert json.loads((tmp_path / "eval-test.json").read_text())["test_bpb"] == test["test_bpb"]
+
+
+def test_a_cancelled_test_split_leaves_no_process_and_no_file(tmp_path):
+    """In the evaluator's place, a process that writes its val result, starts writing a test result, and
+    would run for ever: cancel() kills it and removes what it wrote; a failed val leaves nothing to cancel."""
+    pid_file = tmp_path / "pid"
+    script = ("import json, os, sys, time; d = sys.argv[1]; open(os.path.join(d, 'pid'), 'w').write(str(os.getpid()));"
+              "open(os.path.join(d, 'eval-test.json.tmp'), 'w').write('{');"
+              "open(os.path.join(d, 'eval-val.json'), 'w').write(json.dumps({'val_bpb': 1.5, 'split': 'val'}));"
+              "time.sleep(600)")
+
+    def wrap(cmd, env):
+        return [sys.executable, "-c", script, str(tmp_path)]
+
+    val, ahead = protocol.run_evaluator_ahead(tmp_path / "model.pt2", tmp_path, tmp_path, timeout=60, wrap=wrap)
+    assert val == {"val_bpb": 1.5, "split": "val"} and ahead is not None
+    pid = int(pid_file.read_text())
+    ahead.cancel()
+    assert ahead.proc.poll() is not None and not (tmp_path / "eval-test.json.tmp").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+    def fails(cmd, env):
+        return [sys.executable, "-c", "import sys; print('no model', file=sys.stderr); sys.exit(1)"]
+
+    val, ahead = protocol.run_evaluator_ahead(tmp_path / "model.pt2", tmp_path, tmp_path, timeout=60, wrap=fails)
+    assert val["error_class"] == "eval" and "no model" in val["error"] and ahead is None
 
 
 def test_a_harness_that_does_not_match_the_fingerprint_scores_nothing(workspace, tmp_path):

@@ -118,6 +118,13 @@ def test_baseline_keep_better_keep_worse_discard(lab, ledger_rows):
     r = ledger_dicts(lab)[:3]
     assert [x["status"] for x in r] == ["keep", "keep", "discard"]
     assert r[1]["val_bpb"] < r[0]["val_bpb"] and r[2]["val_bpb"] > r[1]["val_bpb"]
+    # kept: the test split scored, by the val split's evaluator going on; discarded: that scoring stopped unread
+    for x in r:
+        run = lab / "runs" / f"{x['id']:04d}"
+        scored = json.loads((run / "eval-test.json").read_text()) if x["status"] == "keep" else None
+        assert (scored["test_bpb"], scored["split"]) == (x["test_bpb"], "test") if scored else x["test_bpb"] is None
+        assert (run / "eval-val.json").is_file() and (run / "eval-test.json").exists() == (x["status"] == "keep")
+        assert not (run / "eval-test.json.tmp").exists()
     assert r[1]["parent"] == first["head"] and r[2]["parent"] == better["head"]
     # the training window ends at a point fixed from launch (start-up allowance + budget): start-up the
     # template does not use is trained in; the parent sees the markers by polling, exact to 2 poll periods

@@ -1,7 +1,7 @@
 """The frozen metric: score an exported model in a fresh process that holds no code from train.py.
 
     python -m autoresearch.harness.evaluate --program model.pt2 --workspace DIR --out result.json \
-        [--expect-fingerprint HEX]
+        [--expect-fingerprint HEX] [--then-test test.json]
 
 The parent starts it through `protocol.run_evaluator`: Python's isolated mode, an empty working folder and
 an allowlisted environment, so nothing the candidate wrote is on its import path. What it enforces, in
@@ -24,6 +24,10 @@ order, each failure with its class for the ledger:
              t is replaced by other real validation text. Every position 0..T-2 is such a cut in some row
              (a random permutation of positions over ceil((T-1)/B) randomly chosen scored batches), and
              the reference is what was scored, compared with an absolute tolerance in nats.
+
+With --then-test, the same process goes on to score the test split once the val result is written (the
+same checks, a fresh load and fresh draws): the parent decides on val alone, and stops this process unless
+the model is kept, so a kept model's test score costs no second start-up (imports, verification, data).
 
 Scoring and probing each load the program afresh, in an order drawn with `secrets`; the cuts, the probed
 batches and the donor rows are drawn the same way, so a candidate can predict none of them. Scoring runs
@@ -741,18 +745,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--expect-fingerprint", default=None,
                         help="refuse to score unless the imported harness hashes to this (run_evaluator passes it)")
+    parser.add_argument("--then-test", default=None, type=Path,
+                        help="after a successful --split val, score the test split too and write it here (the "
+                             "parent reads the val result as soon as it is written, and stops this process "
+                             "unless the model is kept)")
     args = parser.parse_args(argv)
+    code = _score(args, args.split, args.out)
+    if code == 0 and args.then_test is not None and args.split == "val":
+        code = _score(args, "test", args.then_test)
+    return code
+
+
+def _score(args, split: str, out: Path) -> int:
+    """One split, its result written to `out` (an error result on failure); the exit code."""
     try:
         if args.expect_fingerprint is not None:
             verify_harness(args.expect_fingerprint)
-        result = evaluate_program(args.program, Settings.load(args.workspace), args.split, args.device)
+        result = evaluate_program(args.program, Settings.load(args.workspace), split, args.device)
         result["harness_verified"] = args.expect_fingerprint is not None
         code = 0
     except EvalError as e:
         result, code = {"error_class": e.kind, "error": str(e)}, 1
     except Exception as e:  # noqa: BLE001 - reported, never a silent pass
         result, code = {"error_class": "eval", "error": f"{type(e).__name__}: {e}"}, 1
-    write_result(args.out, result)
+    write_result(out, result)
     if code:
         print(f"evaluation failed ({result['error_class']}): {result['error']}", file=sys.stderr)
     return code

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import site
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from .paths import CACHE_ENV, cache_dir
@@ -67,10 +69,10 @@ def import_roots() -> list[str]:
     return roots
 
 
-def evaluator_command(program: Path, workspace: Path, result: Path, split: str) -> list[str]:
+def evaluator_command(program: Path, workspace: Path, result: Path, split: str, then_test: Path | None = None) -> list[str]:
     return [sys.executable, "-I", "-c", BOOT, os.pathsep.join(import_roots()), "--program", str(program),
             "--workspace", str(workspace), "--split", split, "--out", str(result),
-            "--expect-fingerprint", harness_fingerprint()]
+            "--expect-fingerprint", harness_fingerprint(), *(["--then-test", str(then_test)] if then_test else [])]
 
 
 def _remove(path: Path) -> None:
@@ -79,6 +81,82 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def _result(path: Path, stderr: str) -> dict:
+    if not path.is_file() or path.is_symlink():
+        tail = stderr.strip().splitlines()[-5:]
+        return {"error_class": "eval", "error": "the evaluator died: " + " | ".join(tail)}
+    return json.loads(path.read_text())
+
+
+class TestAhead:
+    """The test split of a model, being scored by the evaluator process that scored its val split (started
+    with --then-test): `result()` waits for it, `cancel()` stops it and removes what it wrote. One or the
+    other must be called; the parent calls `cancel()` unless the model is kept, before anything else runs."""
+
+    def __init__(self, proc: subprocess.Popen, home: Path, path: Path, stderr: Path):
+        self.proc, self.home, self.path, self.stderr = proc, home, path, stderr
+
+    def result(self, timeout: float | None = None) -> dict:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            return {"error_class": "eval-timeout", "error": f"the evaluator did not finish within {timeout:g}s"}
+        except BaseException:  # interrupted while waiting: nothing of it outlives the parent's wait
+            self.cancel()
+            raise
+        try:
+            return _result(self.path, self.stderr.read_text(errors="replace"))
+        finally:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+    def cancel(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.proc.wait()
+        for stale in (self.path, self.path.with_name(self.path.name + ".tmp")):
+            _remove(stale)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+def run_evaluator_ahead(program: Path, workspace: Path, out: Path, timeout: float | None = None,
+                        env: dict | None = None, wrap=None) -> tuple[dict, TestAhead | None]:
+    """As run_evaluator on the val split, returning as soon as the val result is written, with the same
+    process going on to score the test split: (the val result, its TestAhead), or (an error, None)."""
+    val_path, test_path = out / "eval-val.json", out / "eval-test.json"
+    for stale in (val_path, test_path):
+        for path in (stale, stale.with_name(stale.name + ".tmp")):
+            _remove(path)
+    home = Path(tempfile.mkdtemp(prefix="autoresearch-eval-"))
+    clean = evaluator_env(home, env) | EVAL_ENV_SET
+    cmd = evaluator_command(program, workspace, val_path, "val", then_test=test_path)
+    if wrap is not None:
+        cmd = wrap(cmd, clean)
+    stderr = home / "evaluator.stderr"
+    with open(stderr, "w") as err:
+        proc = subprocess.Popen(cmd, env=clean, stdout=subprocess.DEVNULL, stderr=err, cwd=home,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    ahead = TestAhead(proc, home, test_path, stderr)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while not val_path.exists() and proc.poll() is None:  # written by a rename: complete when it exists
+            if deadline is not None and time.monotonic() > deadline:
+                ahead.cancel()
+                return {"error_class": "eval-timeout", "error": f"the evaluator did not finish within {timeout:g}s"}, None
+            time.sleep(0.02)
+    except BaseException:
+        ahead.cancel()
+        raise
+    result = _result(val_path, stderr.read_text(errors="replace"))
+    if "error" in result:
+        ahead.cancel()
+        return result, None
+    return result, ahead
 
 
 def run_evaluator(program: Path, workspace: Path, out: Path, split: str = "val", timeout: float | None = None,
@@ -101,7 +179,4 @@ def run_evaluator(program: Path, workspace: Path, out: Path, split: str = "val",
                                   stdin=subprocess.DEVNULL, start_new_session=True)
         except subprocess.TimeoutExpired:
             return {"error_class": "eval-timeout", "error": f"the evaluator did not finish within {timeout:g}s"}
-    if not result_path.is_file() or result_path.is_symlink():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        return {"error_class": "eval", "error": "the evaluator died: " + " | ".join(tail)}
-    return json.loads(result_path.read_text())
+    return _result(result_path, proc.stderr or proc.stdout)
