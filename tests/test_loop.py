@@ -26,12 +26,15 @@ def optuna_trials(root):
     return optuna.load_study(study_name="autoresearch/t", storage=storage).get_trials(deepcopy=False)
 
 
-def test_optuna_loop_records_experiments_and_only_improves(lab):
-    proc = run_cli("loop", "--agent", "optuna", "--max-experiments", "3", "--rule", "strict", cwd=lab)
+def test_optuna_loop_records_experiments_and_only_improves(baselined):
+    # from a kept baseline (the loop running a fresh branch's baseline itself, the same code for every task:
+    # tests/test_task_prompt.py); the study is told the frontier as its first trial, scored, not re-run
+    lab = baselined
+    proc = run_cli("loop", "--agent", "optuna", "--max-experiments", "2", "--rule", "strict", cwd=lab)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = rows(lab)
     assert len(r) == 3 and r[0]["description"] == "baseline"
-    assert all(x["agent"] == "optuna" for x in r)
+    assert all(x["agent"] == "optuna" for x in r[1:])
     assert all(x["description"].startswith("optuna: ") and x["model"] in ("optuna-local", "optuna-tpe") for x in r[1:])
     assert all(x["cost_usd"] == 0.0 and not x["cost_estimated"] for x in r[1:])   # no model: known to be free
     status = run_cli("status", cwd=lab).stdout
@@ -43,7 +46,7 @@ def test_optuna_loop_records_experiments_and_only_improves(lab):
     assert len(trials) == 3  # the baseline as a fixed trial + 2 proposals, every one told
     assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
     assert git(lab, "status", "--porcelain") == ""
-    assert "loop stopped: 3 experiments done" in proc.stdout
+    assert "loop stopped: 2 experiments done" in proc.stdout
 
     # a killed loop resumes: the study continues, no second baseline
     env = {**os.environ}
@@ -80,7 +83,8 @@ def test_crash_gets_one_fix_attempt_and_scope_violations_are_put_aside(baselined
         {"replace": ("DEPTH = 2 ", "DEPTH = 1 "), "description": "shallower"},            # the fix attempt
         {"write": {"program.md": "new rules\n", "notes.txt": "x\n"}, "description": "rewrite the rules"},
         {"fail": "the model said nothing useful"},
-        {"replace": ("torch.manual_seed(SEED)", "torch.manual_seed(7)"), "description": "another seed"},
+        # the last: a crash that needs no training (the limit is reached, so no fix attempt follows it)
+        {"replace": ("torch.manual_seed(SEED)", "torch.manual_seed(7 +* )"), "description": "another seed"},
     ])
     scripted.OBSERVE_FAILS.add("fix: shallower")
     done = run_loop(lab, "scripted", Limits(max_experiments=4), rule="strict", policy=Policy(backoff=0.1))
@@ -102,7 +106,8 @@ def test_crash_gets_one_fix_attempt_and_scope_violations_are_put_aside(baselined
     assert (lab / "program.md").read_text() != "new rules\n" and not (lab / "notes.txt").exists()
     assert "rejected experiment 4" in git(lab, "stash", "list")
     # the failed proposal cost a back-off but no experiment; the next one ran
-    assert r[4]["description"] == "another seed" and r[4]["agent"] == "scripted"
+    assert r[4]["description"] == "another seed" and r[4]["agent"] == "scripted" and len(r) == 5
+    assert (r[4]["status"], r[4]["error_class"]) == ("crash", "syntax")
     assert r[4]["input_tokens"] == 10 and r[4]["model"] == "script"
     assert [e.id for e in scripted.OBSERVED] == [x["id"] for x in r[1:]]   # all this loop ran
     assert git(lab, "status", "--porcelain") == ""

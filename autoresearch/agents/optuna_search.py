@@ -449,6 +449,7 @@ class OptunaAgent:
         self.study()
         if self._pending():  # proposed but never recorded (e.g. the loop was killed)
             self._record_pending(None, "crash", "interrupted", None)
+        self._catch_up()
         space, seq = self.space(), _profile_seq_len(self.root)
         results = self.results()
         held = [t for t in results if t.user_attrs.get("error_class") not in NOT_THE_VALUES]
@@ -533,6 +534,22 @@ class OptunaAgent:
             self._record_pending(found, experiment.status, error, value, experiment.id)
         elif measured and found is not None:
             self._record(found, value, experiment.status, error, experiment.id)
+
+    def _catch_up(self) -> None:
+        """Tell the study every measured experiment of the branch it has not been told: those run before the
+        loop started (`autoresearch run -m baseline`, then `loop`, as the quick start goes) or by hand between
+        two loops. The frontier is then a point the searcher knows, scored and not re-run."""
+        from ..ledger import Ledger
+
+        told = {t.user_attrs.get("experiment") for t in self.study().get_trials(deepcopy=False)}
+        ledger = Ledger(self.root, readonly=True)
+        try:
+            missed = [e for e in ledger.all(self.study().study_name) if e.id not in told]
+        finally:
+            ledger.close()
+        for e in missed:
+            if e.status in ("keep", "discard") and e.val_bpb is not None and e.commit:
+                self.observe(e)
 
     def _record_pending(self, found: dict | None, status: str, error: str, value: float | None,
                         experiment: int | None = None) -> None:
