@@ -97,11 +97,23 @@ def workspace(cache_dir, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def baseline_template(cache_dir, tmp_path_factory) -> Path:
-    """One cpu workspace (budget 3, tag t) per test process, its baseline run and kept: see `baselined` (and the
-    red team's `lab`, a copy of the same)."""
-    root = new_lab(tmp_path_factory.mktemp("baselined") / "lab", budget=3)
-    done = run_cli("run", "-m", "baseline", "--rule", "strict", cwd=root)
-    assert done.returncode == 0 and done.stdout.startswith("keep"), done.stdout + done.stderr
+    """One cpu workspace (budget 3, tag t) for the whole suite, its baseline run and kept: see `baselined` (and
+    the red team's `lab`, a copy of the same). Under pytest-xdist the first worker to need it trains it, under
+    a file lock in the folder the workers share, and the others wait for it: the workspace holds no path of
+    its cache, and every worker's cache holds the same prepared data."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, root = shared / "baselined", shared / "baselined" / "lab"
+    with FileLock(str(shared / "baselined.lock")):
+        if not (folder / "done").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
+            folder.mkdir()
+            new_lab(root, budget=3)
+            done = run_cli("run", "-m", "baseline", "--rule", "strict", cwd=root)
+            assert done.returncode == 0 and done.stdout.startswith("keep"), done.stdout + done.stderr
+            (folder / "done").touch()
     return root
 
 

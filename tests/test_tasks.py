@@ -273,7 +273,7 @@ def test_task_killed_mid_run_is_recovered_then_noise(cache, tmp_path):
     (lab / "solution.py").write_text((lab / "solution.py").read_text().replace("CUTOFF = 48", "CUTOFF = 20"))
     env = {**os.environ, "AUTORESEARCH_TEST_PAUSE": "training"}
 
-    def killed(*rule):
+    def killed(*rule, then=("recover",)):
         proc = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "run", "-m", "killed", *rule], cwd=lab,
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         marker = lab / ".autoresearch" / "paused-training"
@@ -284,16 +284,19 @@ def test_task_killed_mid_run_is_recovered_then_noise(cache, tmp_path):
         marker.unlink()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        return run_cli("recover", cwd=lab)
+        return run_cli(*then, cwd=lab)
 
     # the noise rule (the speed task's default) first measures the floor, the candidate's file parked meanwhile
     rec = killed()
     assert rec.returncode == 0 and "put back the candidate's files" in rec.stderr, rec.stderr
     assert "CUTOFF = 20" in (lab / "solution.py").read_text() and len(rows(lab)) == 1
-    rec = killed("--rule", "strict")
-    assert rec.returncode == 0 and "recorded as crash" in rec.stderr, rec.stderr
-    assert [(r["status"], r["error_class"]) for r in rows(lab)] == [("keep", ""), ("crash", "interrupted")]
-    assert git(lab, "rev-parse", "HEAD") == frontier and git(lab, "status", "--porcelain") == ""
+    # killed with its candidate committed, and met by the next `run`, which recovers first, then runs the tree
+    rec = killed("--rule", "strict", then=("run", "-m", "after the kill", "--rule", "strict"))
+    assert rec.returncode == 0 and "recover:" in rec.stderr and "recorded as crash" in rec.stderr, rec.stderr
+    assert [(r["status"], r["error_class"]) for r in rows(lab)][:2] == [("keep", ""), ("crash", "interrupted")]
+    assert rows(lab)[2]["description"] == "after the kill" and rows(lab)[2]["status"] in ("keep", "discard")
+    assert frontier in (git(lab, "rev-parse", "HEAD"), git(lab, "rev-parse", "HEAD~1"))
+    assert git(lab, "status", "--porcelain") == "" and "CUTOFF = 48" in (lab / "solution.py").read_text()
 
     out = ok(run_cli("noise", "--runs", "2", cwd=lab))
     assert "pooled noise floor" in out

@@ -18,6 +18,13 @@ def _replace(text: str, old: str, new: str) -> str:
     return text.replace(old, new, 1)
 
 
+def one_step(text: str) -> str:
+    """Not a cheat: training stops after its first step. Composed with the cheats judged by what the exported
+    model is (its graph, its archive, its causality), which do not depend on how long it trained, so their
+    runs do not wait out the window."""
+    return _replace(text, LOOP_END, "    if clock.done() or step >= 1:\n        break\n")
+
+
 def _before(text: str, anchor: str, code: str) -> str:
     return _replace(text, anchor, code.strip("\n") + "\n" + anchor)
 

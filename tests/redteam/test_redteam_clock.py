@@ -15,7 +15,8 @@ import pytest
 
 import cheats_clock as cheats
 from conftest import rows, run_cli
-from test_redteam import attempt, lab, stopped_at_the_deadline  # noqa: F401 - fixtures
+from cheats import one_step
+from test_redteam import attempt, compose, lab, stopped_at_the_deadline  # noqa: F401 - fixtures
 
 from autoresearch.harness.settings import Settings
 
@@ -44,10 +45,10 @@ def test_training_before_the_clock_gains_nothing(lab):
     # One run alone can land far off when the machine is loaded while it trains (3.31 beside a cheat at 2.85,
     # under the whole suite on 2 cores), and the comparison would see the load, not the cheat.
     best = min(baseline["val_bpb"], reference["val_bpb"])
-    assert "CHEAT: trained" in log and "before the clock" in log
-    if row["status"] == "invalid":
-        assert stopped_at_the_deadline(lab, row), row
+    if row["status"] == "invalid":  # its training before the clock ran into the deadline (a slow start-up
+        assert stopped_at_the_deadline(lab, row), row  # under load): stopped there, its line possibly unflushed
     else:  # scored: its 8 s came out of the same launch-fixed window the honest run trained in
+        assert "CHEAT: trained" in log and "before the clock" in log
         assert row["status"] in ("keep", "discard"), row
         assert row["val_bpb"] > best - NOISE, (row["val_bpb"], baseline["val_bpb"], reference["val_bpb"])
 
@@ -70,7 +71,7 @@ def test_training_past_the_clock_beyond_the_export_allowance_is_stopped_and_inva
 
 def test_a_forged_summary_is_recorded_as_reported_and_never_as_memory(lab):
     baseline = rows(lab)[0]
-    _, row, log = attempt(lab, cheats.forge_summary)
+    _, row, log = attempt(lab, compose(cheats.forge_summary, one_step))  # what it prints, not what it learns
     assert "num_steps:        999999" in log and "peak_vram_mb:     1.0" in log
     assert row["status"] in ("keep", "discard") and 0.5 < row["val_bpb"] < 10, row
     # memory: the process tree as the parent measured it (about the baseline's), not the printed 1 MB

@@ -15,7 +15,8 @@ import torch.nn as nn
 import cheats_evaluator as cheats
 from conftest import rows
 from test_evaluate import Bigram
-from test_redteam import assert_true_metric, attempt, lab  # noqa: F401 - fixtures
+from cheats import one_step
+from test_redteam import assert_true_metric, attempt, compose, lab  # noqa: F401 - fixtures
 
 from autoresearch.harness import evaluate
 from autoresearch.harness.evaluate import EvalError, load_archive
@@ -33,27 +34,27 @@ def run_dir(lab: Path, row: dict) -> Path:
 
 
 def test_a_model_that_counts_its_calls_is_invalid(lab):
-    _, row, log = attempt(lab, cheats.count_calls)
+    _, row, log = attempt(lab, compose(cheats.count_calls, one_step))
     assert "CHEAT: the model counts its calls" in log
     assert (row["status"], row["error_class"]) == ("invalid", "graph"), row
     assert "stateless" in row["error_excerpt"] and row["val_bpb"] is None
 
 
 def test_peeking_everywhere_but_the_old_probe_cuts_is_invalid(lab):
-    _, row, log = attempt(lab, cheats.peek_between_old_cuts)
+    _, row, log = attempt(lab, compose(cheats.peek_between_old_cuts, one_step))
     assert "CHEAT: the model peeks everywhere but the old probe's cuts" in log
     assert (row["status"], row["error_class"]) == ("invalid", "causality"), row
 
 
 def test_a_blinding_logit_column_does_not_hide_a_peek(lab):
-    _, row, log = attempt(lab, cheats.peek_with_blinding_column)
+    _, row, log = attempt(lab, compose(cheats.peek_with_blinding_column, one_step))
     assert "CHEAT: the model peeks and adds a blinding column" in log
     assert (row["status"], row["error_class"]) == ("invalid", "causality"), row
 
 
 def test_a_shadow_harness_in_the_run_folder_is_never_imported(lab):
     baseline = rows(lab)[0]
-    _, row, log = attempt(lab, cheats.shadow_harness)
+    _, row, log = attempt(lab, compose(cheats.shadow_harness, one_step))
     assert "CHEAT: planted a shadow harness in the run folder" in log, log[-3000:]
     assert (run_dir(lab, row) / "autoresearch").is_symlink()
     assert not (run_dir(lab, row) / cheats.SHADOW_MARKER).exists(), "the evaluator imported the shadow"
@@ -61,7 +62,7 @@ def test_a_shadow_harness_in_the_run_folder_is_never_imported(lab):
 
 
 def test_a_pickled_weight_is_refused_unread(lab):
-    _, row, log = attempt(lab, cheats.pickled_weight)
+    _, row, log = attempt(lab, compose(cheats.pickled_weight, one_step))
     assert "CHEAT: submitted a model.pt2 with a pickled weight" in log, log[-3000:]
     assert (row["status"], row["error_class"]) == ("invalid", "archive"), row
     assert "pickle" in row["error_excerpt"]

@@ -6,6 +6,7 @@ metric: never kept on a forged number."""
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -134,6 +135,27 @@ def lab_with_baseline(tmp_path: Path, task: str) -> Path:
     return lab
 
 
+@pytest.fixture(scope="module")
+def speed_template(tmp_path_factory) -> tuple[Path, Path]:
+    """The speed task with its baseline kept, made once for this file: (the workspace, its cache)."""
+    tmp = tmp_path_factory.mktemp("speed")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTORESEARCH_CACHE", str(tmp / "cache"))
+        mp.delenv("AUTORESEARCH_WORKSPACE", raising=False)
+        return lab_with_baseline(tmp, "speed"), tmp / "cache"
+
+
+@pytest.fixture
+def speed_lab(speed_template, tmp_path, monkeypatch) -> Path:
+    """A copy of `speed_template` of the test's own (a workspace holds no absolute path), on its cache."""
+    template, cache = speed_template
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
+    monkeypatch.delenv("AUTORESEARCH_WORKSPACE", raising=False)
+    lab = tmp_path / "lab"
+    shutil.copytree(template, lab, symlinks=True)
+    return lab
+
+
 def cheat(lab: Path, file: str, source: str, *flags: str):
     (lab / file).write_text(textwrap.dedent(source))
     done = run_cli("run", "-m", "cheat", "--rule", "strict", *flags, cwd=lab)
@@ -141,8 +163,8 @@ def cheat(lab: Path, file: str, source: str, *flags: str):
 
 
 @pytest.mark.parametrize("mode", [pytest.param("require", marks=needs_sandbox), "off"])
-def test_speed_cache_across_calls_and_runs_is_invalid(cache, tmp_path, mode):
-    lab = lab_with_baseline(tmp_path, "speed")
+def test_speed_cache_across_calls_and_runs_is_invalid(speed_lab, mode):
+    lab = speed_lab
     done, row = cheat(lab, "solution.py", CACHE_ACROSS_RUNS, "--sandbox", mode)
     assert row["status"] == "invalid" and row["error_class"] == "wrong", done.stdout
     assert "wrong answer on hidden input" in row["error_excerpt"]
@@ -150,16 +172,16 @@ def test_speed_cache_across_calls_and_runs_is_invalid(cache, tmp_path, mode):
 
 
 @needs_sandbox
-def test_speed_cannot_read_the_evaluator_nor_forge_its_result(cache, tmp_path):
-    lab = lab_with_baseline(tmp_path, "speed")
+def test_speed_cannot_read_the_evaluator_nor_forge_its_result(speed_lab):
+    lab = speed_lab
     done, row = cheat(lab, "solution.py", READ_THE_EVALUATOR, "--sandbox", "require")
     assert row["status"] == "invalid" and row["error_class"] == "wrong", done.stdout
     assert row["val_bpb"] is None
 
 
 @pytest.mark.parametrize("mode", [pytest.param("require", marks=needs_sandbox), "off"])
-def test_speed_timing_itself_changes_nothing(cache, tmp_path, mode):
-    lab = lab_with_baseline(tmp_path, "speed")
+def test_speed_timing_itself_changes_nothing(speed_lab, mode):
+    lab = speed_lab
     done, row = cheat(lab, "solution.py", TIMES_ITSELF, "--sandbox", mode)
     assert row["status"] == "discard", done.stdout
     assert row["val_bpb"] >= 0.2   # the evaluator's clock saw every sleep
@@ -174,8 +196,8 @@ def test_tabular_cannot_read_the_hidden_labels(cache, tmp_path):
     assert "No such file or directory" in row["error_excerpt"]   # the bundled csv is hidden too
 
 
-def test_editing_the_evaluator_while_running_is_caught_without_the_sandbox(cache, tmp_path):
-    lab = lab_with_baseline(tmp_path, "speed")
+def test_editing_the_evaluator_while_running_is_caught_without_the_sandbox(speed_lab):
+    lab = speed_lab
     before = (lab / "evaluate.py").read_text()
     source = (lab / "solution.py").read_text() + textwrap.dedent('''
         import pathlib
