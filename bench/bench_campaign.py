@@ -98,7 +98,11 @@ class RandomAgent:
 
     def propose(self, context) -> Proposal:
         # one generator per experiment index, so the same draws come whether or not the campaign was resumed
-        self.rng = random.Random(f"{SEARCH_SEED}-{len(experiments(Ledger(self.root)))}")
+        ledger = Ledger(self.root, readonly=True)
+        try:
+            self.rng = random.Random(f"{SEARCH_SEED}-{len(experiments(ledger))}")
+        finally:
+            ledger.close()
         current = read_constants(context.train_py)
         for _ in range(1000):
             values = {name: _rounded(spec, self.draw(spec)) for name, spec in self.space.items()}
@@ -252,21 +256,25 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def side_by_side(out: Path, names: list[str], argv: list[str]) -> bool:
+def side_by_side(out: Path, names: list[str], args) -> bool:
     """Each strategy in its own process, pinned to its own equal share of this process's CPUs, all at once;
     their output goes to OUT/NAME.log. True when every one finished."""
     cpus = sorted(os.sched_getaffinity(0))
     share = len(cpus) // len(names)
     if share < 1:
         raise SystemExit(f"--parallel needs a CPU per strategy: {len(names)} strategies, {len(cpus)} CPUs")
+    common = ["--experiments", str(args.experiments), "--repeats", str(args.repeats), "--repeats-kept",
+              str(args.repeats_kept), "--noise-runs", str(args.noise_runs), "--out", str(out)]
+    common += ["--budget", repr(args.budget)] if args.budget is not None else []
     procs = []
     for i, name in enumerate(names):
         mine = set(cpus[i * share:(i + 1) * share])
         env = {**os.environ, "OMP_NUM_THREADS": str(share), "MKL_NUM_THREADS": str(share)}
-        log = open(out / f"{name}.log", "a")
         print(f"{name}: CPUs {sorted(mine)}, {share} thread(s); log {out / (name + '.log')}", flush=True)
-        procs.append(subprocess.Popen([sys.executable, __file__, *argv, "--out", str(out), "--one", name], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda m=mine: os.sched_setaffinity(0, m)))
+        with open(out / f"{name}.log", "a") as log:
+            procs.append(subprocess.Popen([sys.executable, __file__, *common, "--one", name], env=env, stdout=log,
+                                          stderr=subprocess.STDOUT,
+                                          preexec_fn=lambda m=mine: os.sched_setaffinity(0, m)))
     try:
         codes = [p.wait() for p in procs]
     except KeyboardInterrupt:  # the children got the same Ctrl-C: let them record it and stop
@@ -303,12 +311,7 @@ def main() -> int:
           f"of the baseline and the frontier, {args.repeats_kept} of each kept commit between; "
           f"{'side by side' if args.parallel else 'one after the other'}; workspaces in {out}", flush=True)
     if args.parallel:
-        argv = [a for a in sys.argv[1:] if a != "--parallel"]
-        if "--out" in argv:
-            i = argv.index("--out")
-            del argv[i:i + 2]
-        argv = [a for a in argv if not a.startswith("--out=")]
-        finished = side_by_side(out, names, argv)
+        finished = side_by_side(out, names, args)
     else:
         finished = True
         for name in names:

@@ -5,9 +5,9 @@ only the budget shortened. Nothing here sets an option a user would not set.
   environment: no test setting at all, torch.compile included (by hand train.py compiles; under the harness,
   at this budget, it does not), on the CPUs the suite's other worker leaves (`users_share`);
 - the experiment commands that follow, on a copy of the quick start's lab (an edit and `run -m`, `loop`,
-  `status`, `show`, `lineage`, `report`; `noise` is tests/test_noise.py's), keep the suite's settings, TORCHDYNAMO_DISABLE and one
-  torch thread per test worker (the harness's behaviour under test depends on neither), and every harness
-  default: the noise rule, the sandbox, the Optuna agent, 4 noise runs, report/.
+  `status`, `show`, `lineage`, `report`; `noise` is tests/test_noise.py's), keep the suite's settings,
+  TORCHDYNAMO_DISABLE and one torch thread per test worker (the harness's behaviour under test depends on
+  neither), and every harness default: the noise rule, the sandbox, the Optuna agent, 4 noise runs, report/.
 """
 
 from __future__ import annotations

@@ -83,6 +83,16 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _clear(result: Path) -> None:
+    """A result file and its half-written twin, whatever was left there."""
+    for path in (result, result.with_name(result.name + ".tmp")):
+        _remove(path)
+
+
+def _timed_out(timeout: float | None) -> dict:
+    return {"error_class": "eval-timeout", "error": f"the evaluator did not finish within {timeout:g}s"}
+
+
 def _result(path: Path, stderr: str) -> dict:
     if not path.is_file() or path.is_symlink():
         tail = stderr.strip().splitlines()[-5:]
@@ -103,7 +113,7 @@ class TestAhead:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.cancel()
-            return {"error_class": "eval-timeout", "error": f"the evaluator did not finish within {timeout:g}s"}
+            return _timed_out(timeout)
         except BaseException:  # interrupted while waiting: nothing of it outlives the parent's wait
             self.cancel()
             raise
@@ -119,8 +129,7 @@ class TestAhead:
             except (ProcessLookupError, PermissionError):
                 pass
         self.proc.wait()
-        for stale in (self.path, self.path.with_name(self.path.name + ".tmp")):
-            _remove(stale)
+        _clear(self.path)
         shutil.rmtree(self.home, ignore_errors=True)
 
 
@@ -129,9 +138,8 @@ def run_evaluator_ahead(program: Path, workspace: Path, out: Path, timeout: floa
     """As run_evaluator on the val split, returning as soon as the val result is written, with the same
     process going on to score the test split: (the val result, its TestAhead), or (an error, None)."""
     val_path, test_path = out / "eval-val.json", out / "eval-test.json"
-    for stale in (val_path, test_path):
-        for path in (stale, stale.with_name(stale.name + ".tmp")):
-            _remove(path)
+    _clear(val_path)
+    _clear(test_path)
     home = Path(tempfile.mkdtemp(prefix="autoresearch-eval-"))
     clean = evaluator_env(home, env) | EVAL_ENV_SET
     cmd = evaluator_command(program, workspace, val_path, "val", then_test=test_path)
@@ -147,7 +155,7 @@ def run_evaluator_ahead(program: Path, workspace: Path, out: Path, timeout: floa
         while not val_path.exists() and proc.poll() is None:  # written by a rename: complete when it exists
             if deadline is not None and time.monotonic() > deadline:
                 ahead.cancel()
-                return {"error_class": "eval-timeout", "error": f"the evaluator did not finish within {timeout:g}s"}, None
+                return _timed_out(timeout), None
             time.sleep(0.02)
     except BaseException:
         ahead.cancel()
@@ -167,8 +175,7 @@ def run_evaluator(program: Path, workspace: Path, out: Path, split: str = "val",
     `wrap(cmd, env) -> cmd` may put the evaluator in a sandbox (it may also add to `env`).
     """
     result_path = out / f"eval-{split}.json"
-    for stale in (result_path, result_path.with_name(result_path.name + ".tmp")):
-        _remove(stale)
+    _clear(result_path)
     with tempfile.TemporaryDirectory(prefix="autoresearch-eval-", ignore_cleanup_errors=True) as home:
         clean = evaluator_env(Path(home), env) | EVAL_ENV_SET
         cmd = evaluator_command(program, workspace, result_path, split)
@@ -178,5 +185,5 @@ def run_evaluator(program: Path, workspace: Path, out: Path, split: str = "val",
             proc = subprocess.run(cmd, env=clean, capture_output=True, text=True, timeout=timeout, cwd=home,
                                   stdin=subprocess.DEVNULL, start_new_session=True)
         except subprocess.TimeoutExpired:
-            return {"error_class": "eval-timeout", "error": f"the evaluator did not finish within {timeout:g}s"}
+            return _timed_out(timeout)
     return _result(result_path, proc.stderr or proc.stdout)
