@@ -3,7 +3,8 @@
 The sandbox prevents these writes where it runs; the tripwire catches them everywhere (and is cheap, so it
 always runs). Before training it records, for every protected file, its identity (inode, size, mtime,
 ctime: ctime cannot be set back by a process) and, for small files, the bytes. After training any
-difference marks the run `invalid`, and the harness puts the protected files back:
+difference marks the run `invalid`, and the harness puts the protected files back (a plain file found with
+its own bytes, mode and owner is left as it is: see `_intact`):
 
   workspace   every file except runs/, report/ and git's object store (the ledger, results.tsv, the
               settings, the journal, .git/config, hooks and refs included): restored from the bytes,
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import os
 import site
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +46,16 @@ def _signature(st: os.stat_result) -> tuple:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _owner(st: os.stat_result) -> tuple:
+    return (st.st_mode, st.st_uid, st.st_gid)
+
+
 @dataclass
 class Snapshot:
     files: dict[Path, tuple] = field(default_factory=dict)      # path -> signature
     content: dict[Path, bytes] = field(default_factory=dict)    # restorable bytes
     kinds: dict[Path, str] = field(default_factory=dict)        # path -> workspace|harness|data|python
+    owners: dict[Path, tuple] = field(default_factory=dict)     # path -> (mode, uid, gid)
     ledger: bytes | None = None                                  # the ledger's image, read through its connection
 
     def add(self, path: Path, kind: str, keep: bool, limit: int = KEEP_BYTES) -> None:
@@ -58,6 +65,7 @@ class Snapshot:
             return
         self.files[path] = _signature(st)
         self.kinds[path] = kind
+        self.owners[path] = _owner(st)
         if keep and st.st_size <= limit:
             try:
                 self.content[path] = path.read_bytes()
@@ -179,6 +187,9 @@ def restore(before: Snapshot, scope: Scope, evidence: Path) -> list[str]:
         if (before.kinds.get(path) or after.kinds.get(path)) == "data":
             data_touched = True
             continue
+        if _intact(path, before):
+            notes.append(f"left {_show(path, scope.workspace)}: rewritten with its own bytes")
+            continue
         if path.exists():
             _set_aside(path, scope.workspace, evidence)
         if path in before.content:
@@ -197,6 +208,21 @@ def restore(before: Snapshot, scope: Scope, evidence: Path) -> list[str]:
     if scope.ledger is not None:
         scope.ledger.reopen()
     return notes
+
+
+def _intact(path: Path, before: Snapshot) -> bool:
+    """`path` was written again with the bytes it had: a regular file (not a link to one), with one name, its
+    mode and owner, and its content. There is nothing to put back, and rewriting it would give it a new identity that
+    every other run watching the same file (a second workspace's, on the shared site-packages) would take
+    for tampering and undo in turn, each undo invalidating the other's next run. The run is still invalid."""
+    if path not in before.content:
+        return False
+    try:
+        st = os.lstat(path)
+        return (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and _owner(st) == before.owners.get(path)
+                and path.read_bytes() == before.content[path])
+    except OSError:
+        return False
 
 
 def _set_aside(path: Path, workspace: Path, evidence: Path) -> None:

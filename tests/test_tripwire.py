@@ -84,3 +84,66 @@ def test_a_ledger_replaced_on_disk_is_caught(tmp_path):
     assert any("ledger.sqlite" in line for line in tripwire.changes(before, scope))
     tripwire.restore(before, scope, tmp_path / "run")
     assert [e.val_bpb for e in ledger.all()] == [1.8]
+
+
+def _workspace_file(tmp_path: Path) -> tuple[Path, tripwire.Scope]:
+    root = tmp_path / "ws"
+    root.mkdir()
+    path = root / "results.tsv"
+    path.write_text("commit\tval_bpb\n")
+    return path, tripwire.Scope(root, "cpu", "embedded")
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    """What an installer (or an undo) does: a new file moved over the old one, so a new inode."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def test_a_file_rewritten_with_its_own_bytes_is_flagged_and_left_so_two_watchers_never_undo_each_other(tmp_path):
+    """Two runs watching one file (two workspaces' loops on the shared site-packages): something outside both
+    rewrites it with the same bytes. Each run is invalid, as it cannot tell who wrote, but neither writes the
+    file again: an undo would give it yet another identity, the other run's tripwire would take that for
+    tampering and undo it in turn, and every later run of both would be invalid (seen in a campaign)."""
+    path, scope = _workspace_file(tmp_path)
+    first = tripwire.take(scope)                      # run A's snapshot
+    _rewrite(path, path.read_bytes())                 # the outside write, during A
+    second = tripwire.take(scope)                     # run B starts after it
+    assert tripwire.changes(first, scope) == ["modified: results.tsv"]
+    assert tripwire.restore(first, scope, tmp_path / "runA") == ["left results.tsv: rewritten with its own bytes"]
+    assert not (tmp_path / "runA" / "tampered").exists()
+    assert tripwire.changes(second, scope) == []      # A's undo did not become B's tampering
+    assert tripwire.changes(tripwire.take(scope), scope) == []
+
+
+def test_the_same_bytes_behind_a_link_or_another_mode_are_put_back(tmp_path):
+    """Only a plain file with its own bytes, one name, its mode and its owner is left; the same bytes reached
+    through a symlink or a hard link (whose other name the candidate can still write), or with another mode
+    or owner, are restored like any other change."""
+    path, scope = _workspace_file(tmp_path)
+    data = path.read_bytes()
+    elsewhere = tmp_path / "mine.tsv"
+    for n, tamper in enumerate(("symlink", "hardlink", "mode", "owner")):
+        before = tripwire.take(scope)
+        if tamper == "symlink":
+            elsewhere.write_bytes(data)
+            path.unlink()
+            path.symlink_to(elsewhere)
+        elif tamper == "hardlink":
+            elsewhere.unlink()
+            elsewhere.write_bytes(data)
+            path.unlink()
+            os.link(elsewhere, path)
+        elif tamper == "mode":
+            path.chmod(0o777)
+        elif os.geteuid() == 0:
+            os.chown(path, 65534, 65534)   # nobody: a later process of that user could write the harness
+        else:
+            continue
+        assert tripwire.changes(before, scope) == ["modified: results.tsv"], tamper
+        notes = tripwire.restore(before, scope, tmp_path / f"run{n}")
+        assert notes == ["restored results.tsv"], (tamper, notes)
+        st = os.lstat(path)
+        assert not path.is_symlink() and st.st_nlink == 1 and path.read_bytes() == data, tamper
+        assert (tmp_path / f"run{n}" / "tampered" / "results.tsv.tampered").exists(), tamper
