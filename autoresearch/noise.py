@@ -70,18 +70,24 @@ def measure_noise(s: Session, runs: int) -> dict:
 
 
 def ensure_noise_floor(s: Session, runs: int) -> None:
-    """Measure the floor when the branch has none, with the candidate's train.py parked meanwhile."""
-    if selection.pooled_noise(s.ledger.sample_groups(s.branch)) is not None:
+    """Measure the floor until it rests on `runs` degrees of freedom (as many as `runs` repeats of one commit
+    give), with the candidate's train.py parked meanwhile. A measurement cut short (Ctrl-C in the loop's first
+    minutes) left fewer: one repeat's floor can be near zero by chance, and every gain above it would be kept,
+    so the missing repeats are run before anything is decided with it."""
+    floor = selection.pooled_noise(s.ledger.sample_groups(s.branch))
+    have = floor.dof if floor is not None else 0
+    if have >= runs:
         return
     frontier = s.ledger.frontier(s.branch)
-    print(f"noise: no noise floor on {s.branch} yet; measuring it with {runs} repeat(s) of the frontier "
+    what = "no noise floor" if floor is None else f"a noise floor of {have} degree(s) of freedom of {runs}"
+    print(f"noise: {what} on {s.branch} yet; measuring it with {runs - have} repeat(s) of the frontier "
           f"{frontier.short} first", file=sys.stderr)
     if s.task.is_gpt:
         park(s.root, show_file(s.root, frontier.commit, layout.CANDIDATE))
     else:
         park_files(s.root, {name: show_file(s.root, frontier.commit, name) for name in s.task.editable_files(s.root)})
     try:
-        measure_noise(s, runs)
+        measure_noise(s, runs - have)
     finally:
         unpark(s.root)
 

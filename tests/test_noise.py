@@ -54,6 +54,17 @@ def test_noise_command_measures_the_floor_and_kept_runs_get_a_test_score(baselin
     assert refused.returncode == 1 and "frontier" in refused.stderr
     assert path.read_text().endswith("# my idea\n")
 
+    # a floor on fewer repeats than the rule asks for (here 2 of 3; a measurement cut short by Ctrl-C leaves
+    # one) is completed before the first decision: one repeat's floor can be near zero by chance
+    path.write_text(tree.replace("MATRIX_LR = 0.04 ", "MATRIX_LR = 0.0004 ", 1))
+    done = run_cli("run", "-m", "a much lower matrix lr", "--noise-runs", "3", cwd=lab)
+    assert done.returncode == 0 and done.stdout.startswith("discard"), done.stdout + done.stderr
+    assert "a noise floor of 2 degree(s) of freedom of 3" in done.stderr and "with 1 repeat(s)" in done.stderr
+    db = sqlite3.connect(lab / ".autoresearch" / "ledger.sqlite")
+    kinds = [k for (k,) in db.execute("SELECT kind FROM runs ORDER BY id")]
+    db.close()
+    assert kinds == ["experiment", "noise", "noise", "noise", "experiment"], kinds
+
 
 def test_a_candidate_parked_by_a_killed_noise_measurement_is_put_back(workspace):
     from autoresearch.ledger import Ledger
