@@ -30,29 +30,29 @@ def test_optuna_loop_records_experiments_and_only_improves(baselined):
     # from a kept baseline (the loop running a fresh branch's baseline itself, the same code for every task:
     # tests/test_task_prompt.py); the study is told the frontier as its first trial, scored, not re-run
     lab = baselined
-    proc = run_cli("loop", "--agent", "optuna", "--max-experiments", "2", "--rule", "strict", cwd=lab)
+    proc = run_cli("loop", "--agent", "optuna", "--max-experiments", "1", "--rule", "strict", cwd=lab)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = rows(lab)
-    assert len(r) == 3 and r[0]["description"] == "baseline"
+    assert len(r) == 2 and r[0]["description"] == "baseline"
     assert all(x["agent"] == "optuna" for x in r[1:])
     assert all(x["description"].startswith("optuna: ") and x["model"] in ("optuna-local", "optuna-tpe") for x in r[1:])
     assert all(x["cost_usd"] == 0.0 and not x["cost_estimated"] for x in r[1:])   # no model: known to be free
     status = run_cli("status", cwd=lab).stdout
-    assert "agents: optuna (optuna-" in status and "2 proposals (0 failed), 0 tokens in / 0 out, cost $0.0000" in status
+    assert "agents: optuna (optuna-" in status and "1 proposals (0 failed), 0 tokens in / 0 out, cost $0.0000" in status
     kept = [x["val_bpb"] for x in r if x["status"] == "keep"]
     assert kept == sorted(kept, reverse=True) and len(set(kept)) == len(kept)  # the frontier only improves
-    assert len(tsv(lab)) == 3
+    assert len(tsv(lab)) == 2
     trials = optuna_trials(lab)
-    assert len(trials) == 3  # the baseline as a fixed trial + 2 proposals, every one told
+    assert len(trials) == 2  # the baseline as a fixed trial + the proposal, every one told
     assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
     assert git(lab, "status", "--porcelain") == ""
-    assert "loop stopped: 2 experiments done" in proc.stdout
+    assert "loop stopped: 1 experiments done" in proc.stdout
 
     # a killed loop resumes: the study continues, no second baseline
     env = {**os.environ}
     p = subprocess.Popen([sys.executable, "-m", "autoresearch.cli", "loop", "--max-experiments", "3", "--rule", "strict"], cwd=lab, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_training(p, lab / "runs" / "0004.log")
+    wait_for_training(p, lab / "runs" / "0003.log")
     p.send_signal(signal.SIGKILL)
     p.wait()
     again = run_cli("loop", "--max-experiments", "1", "--rule", "strict", cwd=lab)
@@ -60,10 +60,10 @@ def test_optuna_loop_records_experiments_and_only_improves(baselined):
     assert "recover:" in again.stderr
     r = rows(lab)
     assert [x["description"] for x in r].count("baseline") == 1
-    assert r[3]["status"] == "crash" and r[3]["error_class"] == "interrupted"
-    assert len(r) == 5 and r[4]["status"] in ("keep", "discard")
+    assert r[2]["status"] == "crash" and r[2]["error_class"] == "interrupted"
+    assert len(r) == 4 and r[3]["status"] in ("keep", "discard")
     trials = optuna_trials(lab)
-    assert len(trials) == 5 and all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
+    assert len(trials) == 4 and all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
 
 
 @pytest.fixture
